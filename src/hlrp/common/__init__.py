@@ -1,0 +1,1 @@
+"""Shared helpers: typed configs, atomic I/O, logging, the command-line front end."""
