@@ -1,0 +1,7 @@
+# Source this before `snakemake --profile workflow/profiles/lrz ...` (the profile reads these).
+#   source workflow/profiles/lrz/env.sh
+# Values already set in your shell win over the defaults below.
+: "${HLRP_SLURM_ACCOUNT:?set HLRP_SLURM_ACCOUNT to your LRZ project (sbatch --account)}"
+export HLRP_SLURM_ACCOUNT
+export HLRP_CPU_PARTITION="${HLRP_CPU_PARTITION:-lrz-cpu}"
+export HLRP_GPU_PARTITION="${HLRP_GPU_PARTITION:-lrz-hgx-h100-94x4}"
