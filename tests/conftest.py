@@ -37,8 +37,14 @@ def make_small_corpus(root: Path, n: int = 4, frames: int = 60) -> Path:
         (actions / name).parent.mkdir(parents=True, exist_ok=True)
         act = np.stack([np.arange(frames), np.full(frames, i)], axis=1).astype(np.float32)
         np.savez(actions / Path(name).with_suffix(".npz"), actions=act)
-        rows.append({"file": name, "instruction": f"move the square {i}", "episode_id": f"ep{i}",
-                     "task": "square"})
+        rows.append(
+            {
+                "file": name,
+                "instruction": f"move the square {i}",
+                "episode_id": f"ep{i}",
+                "task": "square",
+            }
+        )
     with open(videos / "metadata.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["file", "instruction", "episode_id", "task"])
         w.writeheader()

@@ -34,8 +34,13 @@ def test_laq_full_matches_lapa():
 
 def test_cli_style_overrides():
     cfg = C.load(
-        ["experiment=laq_debug", "data.batch_size=16", "training.optimizer.lr=5e-5",
-         "data.offsets=[10,20,30]", "data.pair_level=true"]
+        [
+            "experiment=laq_debug",
+            "data.batch_size=16",
+            "training.optimizer.lr=5e-5",
+            "data.offsets=[10,20,30]",
+            "data.pair_level=true",
+        ]
     )
     assert cfg.data.batch_size == 16
     assert cfg.training.optimizer.lr == pytest.approx(5e-5)

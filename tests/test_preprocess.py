@@ -16,8 +16,9 @@ from videos import moving_square, write_video
 
 
 def cfg(*overrides):
-    return load(["data.preprocess.resolution=32", "data.preprocess.fps=10", "data.offsets=[2]",
-                 *overrides])
+    return load(
+        ["data.preprocess.resolution=32", "data.preprocess.fps=10", "data.offsets=[2]", *overrides]
+    )
 
 
 def run(input_dir, out, *overrides, workers=2, **kw):
@@ -139,8 +140,16 @@ def test_chunks_partition_the_corpus(small_corpus, tmp_path):
     seen = []
     for chunk in range(3):
         out = tmp_path / f"part-{chunk}"
-        rc = P.main([f"input_dir={videos}", f"output_dir={out}", f"chunk={chunk}", "num_chunks=3",
-                     "data.preprocess.resolution=32", "workers=1"])
+        rc = P.main(
+            [
+                f"input_dir={videos}",
+                f"output_dir={out}",
+                f"chunk={chunk}",
+                "num_chunks=3",
+                "data.preprocess.resolution=32",
+                "workers=1",
+            ]
+        )
         assert rc == 0
         files = [v["file"] for v in json.loads((out / "manifest.json").read_text())["videos"]]
         assert all(P.chunk_of(f, 3) == chunk for f in files)

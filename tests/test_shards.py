@@ -129,13 +129,15 @@ def test_frame_pairs_transform(shard_dir):
     assert batch["frames"].shape == (6, 2, 8, 8, 3)
     assert set(batch["offset"].tolist()) <= {1, 3}
     # frame values encode the frame index: the second frame is `offset` frames later
-    diff = (batch["frames"][:, 1].float().mean((1, 2, 3)) - batch["frames"][:, 0].float().mean(
-        (1, 2, 3))) / 10
+    diff = (
+        batch["frames"][:, 1].float().mean((1, 2, 3))
+        - batch["frames"][:, 0].float().mean((1, 2, 3))
+    ) / 10
     assert torch.allclose(diff, batch["offset"].float(), atol=0.3)
 
 
 def test_pair_enumeration():
     assert all_pairs(4, [1, 3]) == [(0, 1), (1, 2), (2, 3), (0, 3)]
     pairs = random_pairs(5, [2, 9], 10, np.random.default_rng(0))
-    assert len(pairs) == 10 and all(u - t == 2 and 0 <= t and u < 5 for t, u in pairs)
+    assert len(pairs) == 10 and all(u - t == 2 and t >= 0 and u < 5 for t, u in pairs)
     assert random_pairs(2, [5], 3, np.random.default_rng(0)) == []

@@ -21,13 +21,21 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 def smk(args, cwd, env=None, check=True):
     proc = subprocess.run(
-        [*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-             **(env or {})},
+        [*SNAKEMAKE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            **(env or {}),
+        },
         timeout=900,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"snakemake {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc.stdout + proc.stderr
 
 
@@ -72,28 +80,34 @@ def test_dry_run_lists_the_demo_pipeline():
 
 
 def test_dag_renders():
-    out = subprocess.run([*SNAKEMAKE, "--dag", "-F", "all"], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [*SNAKEMAKE, "--dag", "-F", "all"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     assert out.lstrip().startswith("digraph")
     for rule in ("demo_videos", "preprocess", "shard_index"):
         assert rule in out
 
 
 def test_bad_workflow_config_is_rejected(project):
-    out = smk(["-n", "--config", "preprocess_jobs=0"], cwd=project, env=env_for(project),
-              check=False)
+    out = smk(
+        ["-n", "--config", "preprocess_jobs=0"], cwd=project, env=env_for(project), check=False
+    )
     assert "preprocess_jobs" in out and "minimum" in out
 
 
 def test_missing_video_folder_is_named(project):
-    out = smk(["-n", "--config", "videos=/no/such/folder"], cwd=project, env=env_for(project),
-              check=False)
+    out = smk(
+        ["-n", "--config", "videos=/no/such/folder"], cwd=project, env=env_for(project), check=False
+    )
     assert "/no/such/folder" in out and "is not a folder" in out
 
 
 def test_lrz_profile_dry_runs_without_slurm(project):
-    out = smk(["--profile", "workflow/profiles/lrz", "-n", "all"], cwd=project,
-              env={**env_for(project), "HLRP_SLURM_ACCOUNT": "pn00xx"})
+    out = smk(
+        ["--profile", "workflow/profiles/lrz", "-n", "all"],
+        cwd=project,
+        env={**env_for(project), "HLRP_SLURM_ACCOUNT": "pn00xx"},
+    )
     counts = job_counts(out)
     assert counts["preprocess"] >= 1 and counts["demo_videos"] == 1
 

@@ -70,8 +70,19 @@ def ffmpeg() -> str:
 def rotate(src: Path, dst: Path, degrees: int) -> Path:
     """Copy ``src`` with a display-matrix rotation (no re-encoding)."""
     subprocess.run(
-        [ffmpeg(), "-v", "error", "-y", "-display_rotation", str(degrees), "-i", str(src),
-         "-c", "copy", str(dst)],
+        [
+            ffmpeg(),
+            "-v",
+            "error",
+            "-y",
+            "-display_rotation",
+            str(degrees),
+            "-i",
+            str(src),
+            "-c",
+            "copy",
+            str(dst),
+        ],
         check=True,
     )
     return dst
@@ -104,8 +115,10 @@ def bad_input_corpus(root: Path) -> dict[str, tuple[Path, str]]:
     def truncated(p: Path) -> None:
         full = root / "_full_for_truncation.mp4"
         rng = np.random.default_rng(3)  # per-frame noise: every frame costs many bytes
-        frames = [f + rng.integers(0, 30, f.shape, dtype=np.uint8)
-                  for f in moving_square(90, 160, 120, seed=3)]
+        frames = [
+            f + rng.integers(0, 30, f.shape, dtype=np.uint8)
+            for f in moving_square(90, 160, 120, seed=3)
+        ]
         write_video(full, frames, container_options={"movflags": "faststart"})
         data = full.read_bytes()
         p.write_bytes(data[: int(len(data) * 0.6)])
@@ -121,17 +134,41 @@ def bad_input_corpus(root: Path) -> dict[str, tuple[Path, str]]:
         full.unlink()
 
     add("truncated_no_index", "skipped", truncated_header, "truncated_no_index.mp4")
+
     def zero_frame(p: Path) -> None:  # a valid container whose video has no frames
-        subprocess.run([ffmpeg(), "-v", "error", "-y", "-f", "lavfi", "-i",
-                        "testsrc=size=64x48:rate=30", "-frames:v", "0", "-c:v", "libx264",
-                        str(p)], check=True)
+        subprocess.run(
+            [
+                ffmpeg(),
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=64x48:rate=30",
+                "-frames:v",
+                "0",
+                "-c:v",
+                "libx264",
+                str(p),
+            ],
+            check=True,
+        )
 
     add("zero_frame", "skipped", zero_frame, "zero_frame.mp4")
     add("one_frame", "skipped", lambda p: write_video(p, moving_square(1, 96, 64)), "one.mp4")
-    add("static", "skipped",
-        lambda p: write_video(p, [moving_square(1, 96, 64)[0]] * 60), "static.mp4")
-    add("odd_size", "ok", lambda p: write_video(p, moving_square(45, 97, 131, seed=1),
-                                                pix_fmt="yuv444p"), "odd_97x131.mp4")
+    add(
+        "static",
+        "skipped",
+        lambda p: write_video(p, [moving_square(1, 96, 64)[0]] * 60),
+        "static.mp4",
+    )
+    add(
+        "odd_size",
+        "ok",
+        lambda p: write_video(p, moving_square(45, 97, 131, seed=1), pix_fmt="yuv444p"),
+        "odd_97x131.mp4",
+    )
 
     def rotated(p: Path) -> None:
         src = write_video(root / "_unrotated.mp4", moving_square(45, 128, 64, seed=2))
@@ -140,23 +177,57 @@ def bad_input_corpus(root: Path) -> dict[str, tuple[Path, str]]:
 
     add("rotated", "ok", rotated, "rotated.mp4")
     vfr_pts = np.cumsum([0] + [33 if i % 3 else 80 for i in range(1, 50)]).tolist()
-    add("vfr", "ok", lambda p: write_video(p, moving_square(50, 96, 64, seed=5), pts=vfr_pts),
-        "vfr.mp4")
-    add("fps60", "ok", lambda p: write_video(p, moving_square(120, 96, 64, seed=6), fps=60),
-        "fps60.mp4")
-    add("large_4k", "ok",
-        lambda p: write_video(p, moving_square(12, 3840, 2160, seed=7), fps=6,
-                              options={"preset": "ultrafast"}), "large_4k.mp4")
-    add("vp9_webm", "ok",
-        lambda p: write_video(p, moving_square(40, 96, 64, seed=8), codec="libvpx-vp9",
-                              options={"deadline": "realtime", "cpu-used": "8"}), "clip.webm")
-    add("mpeg4", "ok", lambda p: write_video(p, moving_square(40, 96, 64, seed=9), codec="mpeg4"),
-        "mpeg4.mp4")
-    add("mjpeg_avi", "ok",
-        lambda p: write_video(p, moving_square(40, 96, 64, seed=10), codec="mjpeg",
-                              pix_fmt="yuvj420p"), "motion.avi")
-    add("spaces_unicode", "ok",
-        lambda p: write_video(p, moving_square(40, 96, 64, seed=11)), "my vidéo 東京 (1).mp4")
+    add(
+        "vfr",
+        "ok",
+        lambda p: write_video(p, moving_square(50, 96, 64, seed=5), pts=vfr_pts),
+        "vfr.mp4",
+    )
+    add(
+        "fps60",
+        "ok",
+        lambda p: write_video(p, moving_square(120, 96, 64, seed=6), fps=60),
+        "fps60.mp4",
+    )
+    add(
+        "large_4k",
+        "ok",
+        lambda p: write_video(
+            p, moving_square(12, 3840, 2160, seed=7), fps=6, options={"preset": "ultrafast"}
+        ),
+        "large_4k.mp4",
+    )
+    add(
+        "vp9_webm",
+        "ok",
+        lambda p: write_video(
+            p,
+            moving_square(40, 96, 64, seed=8),
+            codec="libvpx-vp9",
+            options={"deadline": "realtime", "cpu-used": "8"},
+        ),
+        "clip.webm",
+    )
+    add(
+        "mpeg4",
+        "ok",
+        lambda p: write_video(p, moving_square(40, 96, 64, seed=9), codec="mpeg4"),
+        "mpeg4.mp4",
+    )
+    add(
+        "mjpeg_avi",
+        "ok",
+        lambda p: write_video(
+            p, moving_square(40, 96, 64, seed=10), codec="mjpeg", pix_fmt="yuvj420p"
+        ),
+        "motion.avi",
+    )
+    add(
+        "spaces_unicode",
+        "ok",
+        lambda p: write_video(p, moving_square(40, 96, 64, seed=11)),
+        "my vidéo 東京 (1).mp4",
+    )
     return cases
 
 

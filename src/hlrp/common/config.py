@@ -46,15 +46,25 @@ class PreprocessConfig:
     """Video -> WebDataset shards (``hlrp.data.preprocess``)."""
 
     fps: float = 10.0  # target frame rate; frames are picked by timestamp, so VFR input is handled
-    resolution: int = 128  # output frames are resolution x resolution: shorter side resized, then center-cropped
+    resolution: int = (
+        128  # output frames are resolution x resolution: shorter side resized, then center-cropped
+    )
     decoders: list[str] = field(default_factory=lambda: ["decord", "pyav"])  # tried in this order
-    scene_cut_threshold: float = 40.0  # mean |diff| (0..255) of 32x32 grey thumbnails that starts a new scene
-    min_motion: float = 1.0  # clips whose mean |diff| between consecutive frames is below this are static
+    scene_cut_threshold: float = (
+        40.0  # mean |diff| (0..255) of 32x32 grey thumbnails that starts a new scene
+    )
+    min_motion: float = (
+        1.0  # clips whose mean |diff| between consecutive frames is below this are static
+    )
     max_clip_frames: int = 256  # longer scenes are split into several clips
     jpeg_quality: int = 95  # frames are stored as JPEG inside the shards
-    shard_size_mb: float = 256.0  # a shard is closed once it holds this many MB (GPFS likes large files)
+    shard_size_mb: float = (
+        256.0  # a shard is closed once it holds this many MB (GPFS likes large files)
+    )
     decode_chunk: int = 64  # frames decoded per batch (bounds memory for long or 4K videos)
-    max_duration_s: float | None = None  # longer videos are cut at this length (None: keep everything)
+    max_duration_s: float | None = (
+        None  # longer videos are cut at this length (None: keep everything)
+    )
     extensions: list[str] = field(
         default_factory=lambda: [".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"]
     )
@@ -66,8 +76,12 @@ class DataConfig:
 
     name: str = MISSING
     shards: str | None = None  # shard index.json, folder or brace pattern; set by the workflow
-    offsets: list[int] = field(default_factory=lambda: [1])  # frame offsets k of pairs (t, t+k), at data fps
-    pair_level: bool = False  # True: every valid (t, t+k) pair is one sample; False: one clip per sample
+    offsets: list[int] = field(
+        default_factory=lambda: [1]
+    )  # frame offsets k of pairs (t, t+k), at data fps
+    pair_level: bool = (
+        False  # True: every valid (t, t+k) pair is one sample; False: one clip per sample
+    )
     max_samples: int | None = None  # keep only the first N samples (clips or pairs)
     val_split: float = 0.05  # fraction of clips held out for validation
     batch_size: int = 8
@@ -100,7 +114,9 @@ class LAQModelConfig:
     code_seq_len: int = 4  # codes per transition
     quant_dim: int = 32  # dimension the quantizer works in
     quantizer: str = "nsvq"  # nsvq | fsq | vq_ema
-    fsq_levels: list[int] = field(default_factory=lambda: [8])  # FSQ levels (product = codebook size)
+    fsq_levels: list[int] = field(
+        default_factory=lambda: [8]
+    )  # FSQ levels (product = codebook size)
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
     compile: bool = False  # torch.compile the model
@@ -113,7 +129,9 @@ class FoundationModelConfig:
     name: str = "vla"
     backbone: str = MISSING  # Hugging Face model id or local folder
     build_from_config: bool = False  # True: random init from the backbone's config (tests, demo)
-    tiny_overrides: dict[str, Any] = field(default_factory=dict)  # config fields changed before a random init
+    tiny_overrides: dict[str, Any] = field(
+        default_factory=dict
+    )  # config fields changed before a random init
     dtype: str = "bfloat16"
     max_text_tokens: int = 64
     image_size: int = 224
@@ -243,7 +261,9 @@ def experiments() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
-def compose_config(overrides: list[str] | None = None, config_dir: Path | None = None) -> DictConfig:
+def compose_config(
+    overrides: list[str] | None = None, config_dir: Path | None = None
+) -> DictConfig:
     """Compose ``config/config.yaml`` with Hydra overrides, outside of ``@hydra.main``."""
     config_dir = Path(config_dir or CONFIG_DIR).resolve()
     if GlobalHydra.instance().is_initialized():

@@ -35,7 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = index["totals"]
     log.info(
         "%s: %d shards, %d clips, %d frames, %.1f MB from %d videos %s",
-        args.output, t["shards"], t["clips"], t["frames"], t["bytes"] / 1e6, t["videos"],
+        args.output,
+        t["shards"],
+        t["clips"],
+        t["frames"],
+        t["bytes"] / 1e6,
+        t["videos"],
         t["videos_by_status"],
     )
     return 0

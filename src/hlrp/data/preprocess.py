@@ -41,6 +41,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+try:
+    import simplejpeg
+except ImportError:  # optional: Pillow encodes too, about half as fast
+    simplejpeg = None
+
 from hlrp.common.cli import run
 from hlrp.common.config import PreprocessConfig, RootConfig
 from hlrp.common.io import stable_bucket, write_json
@@ -123,12 +128,25 @@ def min_clip_frames(offsets: Sequence[int]) -> int:
 # --------------------------------------------------------------------------------------
 # one video (runs in a worker process)
 # --------------------------------------------------------------------------------------
+_GREY = np.array([0.299, 0.587, 0.114], np.float32)
+
+
 def _thumb(frame: np.ndarray) -> np.ndarray:
-    grey = Image.fromarray(frame).convert("L").resize((THUMB, THUMB), Image.BILINEAR)
-    return np.asarray(grey, dtype=np.float32)
+    """32x32 grey thumbnail (block mean when the size allows, else a bilinear resize)."""
+    grey = frame.astype(np.float32) @ _GREY  # (H, W)
+    h, w = grey.shape
+    if h % THUMB == 0 and w % THUMB == 0:
+        return grey.reshape(THUMB, h // THUMB, THUMB, w // THUMB).mean(axis=(1, 3))
+    img = Image.fromarray(grey.astype(np.uint8)).resize((THUMB, THUMB), Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32)
 
 
 def _encode(frame: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of an RGB frame (libjpeg-turbo through simplejpeg, else Pillow)."""
+    if simplejpeg is not None:
+        return simplejpeg.encode_jpeg(
+            np.ascontiguousarray(frame), quality=quality, colorspace="RGB", colorsubsampling="420"
+        )
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -197,7 +215,9 @@ def _process(job: VideoJob, cfg: PreprocessConfig, min_frames: int, res: VideoRe
         dec.close()
 
     thumbs_arr = np.stack(thumbs) if thumbs else np.zeros((0, THUMB, THUMB), np.float32)
-    diffs = np.abs(np.diff(thumbs_arr, axis=0)).mean(axis=(1, 2)) if len(thumbs) > 1 else np.zeros(0)
+    diffs = (
+        np.abs(np.diff(thumbs_arr, axis=0)).mean(axis=(1, 2)) if len(thumbs) > 1 else np.zeros(0)
+    )
     scenes = split_scenes(diffs, cfg.scene_cut_threshold)
     res.scenes = len(scenes)
     dropped: Counter[str] = Counter()
@@ -286,7 +306,9 @@ def build_jobs(
     side = read_sidecar(input_dir)
     jobs = []
     for path in videos:
-        rel = path.relative_to(input_dir).as_posix() if path.is_relative_to(input_dir) else path.name
+        rel = (
+            path.relative_to(input_dir).as_posix() if path.is_relative_to(input_dir) else path.name
+        )
         row = side.get(rel, {})
         actions = None
         if actions_dir is not None:
@@ -394,7 +416,9 @@ def preprocess(
     records = []
     counts: Counter[str] = Counter()
     with ShardWriter(out, cfg.shard_size_mb * 1e6) as writer:
-        bar = tqdm(total=len(jobs), unit="video", desc="preprocess", mininterval=progress_interval())
+        bar = tqdm(
+            total=len(jobs), unit="video", desc="preprocess", mininterval=progress_interval()
+        )
         for res in process_all(jobs, cfg, min_frames, workers):
             for clip in res.payload:
                 writer.write(make_sample(clip["key"], clip["meta"], clip["jpegs"], clip["actions"]))
@@ -432,7 +456,13 @@ def preprocess(
     t = manifest["totals"]
     log.info(
         "done in %.1f s: %d ok, %d skipped, %d failed; %d clips, %d frames in %d shards",
-        seconds, t["ok"], t["skipped"], t["failed"], t["clips"], t["frames"], t["shards"],
+        seconds,
+        t["ok"],
+        t["skipped"],
+        t["failed"],
+        t["clips"],
+        t["frames"],
+        t["shards"],
     )
     return manifest
 

@@ -154,13 +154,21 @@ def decode_meta(sample: dict[str, Any]) -> dict[str, Any]:
 
 def decode_frames(sample: dict[str, Any], indices: Iterable[int] | None = None) -> np.ndarray:
     """Decode the frames at ``indices`` (all when None) to uint8 ``(n, H, W, 3)``."""
-    from PIL import Image
-
     meta = sample["meta"] if "meta" in sample else json.loads(sample["json"])
     idx = range(meta["num_frames"]) if indices is None else indices
-    frames = [np.asarray(Image.open(io.BytesIO(sample[FRAME_EXT.format(i)])).convert("RGB"))
-              for i in idx]
+    frames = [_decode_jpeg(sample[FRAME_EXT.format(i)]) for i in idx]
     return np.stack(frames)
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    try:
+        import simplejpeg
+
+        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except ImportError:
+        from PIL import Image
+
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def decode_actions(sample: dict[str, Any]) -> np.ndarray | None:
@@ -254,9 +262,7 @@ class ClipStream(torch.utils.data.IterableDataset):
                     return
 
 
-def _buffer_shuffle(
-    samples: Iterable[Any], size: int, rng: np.random.Generator
-) -> Iterator[Any]:
+def _buffer_shuffle(samples: Iterable[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
     """Streaming shuffle: keep ``size`` samples, emit a random one as each new one arrives."""
     buf: list[Any] = []
     for s in samples:

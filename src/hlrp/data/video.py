@@ -78,7 +78,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
             duration = container.duration / 1_000_000
-        rotation = _stream_rotation(container)
+        rotation = _first_frame_rotation(container)
         return VideoInfo(
             path=path,
             size_bytes=size,
@@ -92,12 +92,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         )
 
 
-def _stream_rotation(container) -> int:
-    """Rotation from the display matrix, read off the first decoded frame (PyAV >= 14)."""
+def _first_frame_rotation(container) -> int:
+    """Display rotation (degrees counter-clockwise) from the first decoded frame (PyAV)."""
     try:
         for frame in container.decode(video=0):
             return int(round(getattr(frame, "rotation", 0) or 0)) % 360
-    except Exception:  # noqa: BLE001 - undecodable streams are reported by the decoder later
+    except Exception:  # noqa: BLE001 - undecodable streams are reported by the decoder
         return 0
     return 0
 
@@ -133,8 +133,8 @@ class Decoder(abc.ABC):
     def frames(self, indices: Sequence[int], chunk: int = 64) -> Iterator[np.ndarray]:
         """RGB frames (H, W, 3) uint8 at the sorted display ``indices``, upright."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - a no-op unless the backend holds a file open
+        """Release the file."""
 
 
 class DecordDecoder(Decoder):
@@ -146,23 +146,21 @@ class DecordDecoder(Decoder):
         super().__init__(info, short_side)
         import decord
 
+        self._decord = decord
+        self._scaled: tuple[int, int] | None = None  # (h, w) decord scales to, if any
         kwargs = {}
-        # decord's in-decoder scaling is wrong for rotated streams (it returns 4 channels),
-        # so rotated videos are decoded at full size and resized afterwards.
+        # decord applies the display rotation itself, but not when it scales (it then returns
+        # unrotated or 4-channel frames): rotated videos are decoded at full size.
         if info.rotation == 0 and min(info.width, info.height) > short_side:
             w, h = scaled_size(info.width, info.height, short_side)
-            kwargs = {"width": w, "height": h}
+            kwargs, self._scaled = {"width": w, "height": h}, (h, w)
         self.vr = self._open(decord, kwargs)
-        if kwargs:
-            # decord's scaler rejects some output sizes (e.g. 48x32) only when a frame is
-            # decoded: check one frame and fall back to full-size decoding.
-            try:
-                frame = self.vr[0].asnumpy()
-                if frame.shape != (kwargs["height"], kwargs["width"], 3):
-                    raise ValueError(f"decord returned shape {frame.shape}")
-                self.vr.seek(0)
-            except Exception:  # noqa: BLE001
-                self.vr = self._open(decord, {})
+
+    def _unscaled(self) -> None:
+        """Reopen without in-decoder scaling, which decord rejects for some small sizes
+        (e.g. 48x32) only when the first frame is decoded."""
+        self.vr = self._open(self._decord, {})
+        self._scaled = None
 
     def _open(self, decord, kwargs):
         try:
@@ -185,11 +183,22 @@ class DecordDecoder(Decoder):
     def frames(self, indices: Sequence[int], chunk: int = 64) -> Iterator[np.ndarray]:
         for start in range(0, len(indices), chunk):
             batch = list(indices[start : start + chunk])
-            try:
-                arr = self.vr.get_batch(batch).asnumpy()
-            except Exception as e:  # noqa: BLE001
+            arr = self._batch(batch, first=start == 0)
+            yield from arr
+
+    def _batch(self, batch: list[int], first: bool) -> np.ndarray:
+        try:
+            arr = self.vr.get_batch(batch).asnumpy()
+        except Exception as e:  # noqa: BLE001
+            if not (first and self._scaled):
                 raise VideoError(f"decord failed at frame {batch[0]} ({_one_line(e)})") from e
-            yield from arr[..., :3]
+            arr = None
+        if first and self._scaled and (arr is None or arr.shape[1:] != (*self._scaled, 3)):
+            self._unscaled()
+            return self._batch(batch, first=False)
+        if arr.shape[-1] != 3:
+            raise VideoError(f"decord returned frames of shape {arr.shape[1:]}")
+        return arr
 
     def close(self) -> None:
         del self.vr
@@ -238,7 +247,6 @@ class PyAVDecoder(Decoder):
             if not pts:
                 raise VideoError(f"PyAV cannot read packets ({_one_line(e)})") from e
         return pts
-
 
     def frames(self, indices: Sequence[int], chunk: int = 64) -> Iterator[np.ndarray]:
         wanted = iter(indices)
