@@ -216,6 +216,33 @@ class DemoConfig:
     crf: int = 18  # libx264 constant rate factor of the rendered videos (lower: better quality)
 
 
+@dataclass
+class LAQReportConfig:
+    """The LAQ quality report (``hlrp.laq.report``) and the gate it puts before stage 2."""
+
+    max_clips: int = 256  # held-out clips evaluated (the data.val_split videos)
+    pairs_per_clip: int = 4  # (t, t+k) pairs drawn per clip
+    batch_size: int = 64
+    num_examples: int = 8  # rows in the example grids
+    probe_ridge: float = 1e-3  # L2 penalty of the linear probes
+    seed: int = 0
+    # gate thresholds: label_latents refuses to run when one fails (see label.allow_failed_gate)
+    min_perplexity: float = 1.5  # codes collapsed: perplexity over all held-out pairs below this
+    min_used_fraction: float = 0.25  # fraction of the codebook used on held-out pairs
+    min_psnr_drop_db: float = 0.05  # decoding another pair's codes must cost at least this PSNR
+
+
+@dataclass
+class LabelConfig:
+    """Latent-action labelling of the shards for stage 2 (``hlrp.laq.label``)."""
+
+    image_size: int = 224  # frame t is stored at the foundation model's input resolution
+    offset: int | None = None  # frame offset k of the labelled pairs (None: data.offsets[0])
+    batch_size: int = 256  # pairs per encoder batch
+    jpeg_quality: int = 95
+    allow_failed_gate: bool = False  # label even though the laq_report gate failed
+
+
 # --------------------------------------------------------------------------------------
 # root
 # --------------------------------------------------------------------------------------
@@ -230,12 +257,16 @@ class RootConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    laq_report: LAQReportConfig = field(default_factory=LAQReportConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
     # run-specific paths, passed by Snakemake (or by hand); each entry point checks what it needs
     input_dir: str | None = None
     output_dir: str | None = None
     input_list: str | None = None  # a text file with one input path per line (instead of input_dir)
     actions_dir: str | None = None  # optional per-video ground-truth actions ({stem}.npz)
     workers: int = 0  # parallel worker processes; 0: all CPUs this process may use
+    laq: str | None = None  # a trained LAQ (laq.ckpt) for labelling and the report
+    report: str | None = None  # the laq_report JSON whose gate labelling checks
     chunk: int | None = None  # preprocess only the videos of this chunk (see num_chunks)
     num_chunks: int = 1  # the workflow splits a corpus into this many preprocess jobs
 

@@ -1,0 +1,311 @@
+"""Frame pairs for LAQ training: ``LAQDataModule`` over the preprocess shards.
+
+Two modes (``data.pair_level``):
+
+* **Scene-level** (default). One dataset item is a clip; every visit draws
+  ``data.pairs_per_clip`` random pairs (t, t+k), k from ``data.offsets``. Clips stream from
+  the shards (nothing is held in memory), so this scales to any corpus.
+* **Pair-level**. Every valid (t, t+k) pair of every clip is enumerated up front (clips in
+  key order, offsets in the order given) and one item is one pair. The clips' JPEG bytes are
+  held in memory, which suits debugging and small sets: ``data.max_samples=1`` keeps exactly
+  one pair, the overfitting recipe of the README.
+
+``data.max_samples`` keeps the first N clips (scene-level) or pairs (pair-level).
+``data.val_split`` holds out whole *videos* (a stable hash of the video id), so validation
+pairs never come from a video seen in training.
+
+Both loaders are :class:`ResumableLoader` objects: deterministic for (seed, epoch), with a
+``state_dict`` that Lightning stores in every checkpoint, so a resumed run continues with the
+exact batch where the killed run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from hlrp.common.config import DataConfig
+from hlrp.common.io import stable_bucket
+from hlrp.data.preprocess import video_id
+from hlrp.data.shards import ClipStream, all_pairs, decode_frames, iter_clips, random_pairs
+
+VAL_BUCKETS = 1_000_000
+
+
+def is_val_video(vid: str, val_split: float) -> bool:
+    """Deterministic video-level split: the same videos are held out on every run."""
+    return stable_bucket(vid, VAL_BUCKETS) < val_split * VAL_BUCKETS
+
+
+def pair_item(sample: dict[str, Any], t: int, u: int) -> dict[str, Any]:
+    """One training example: frames uint8 (2, H, W, 3) of clip ``sample`` at t and u."""
+    meta = sample["meta"]
+    return {
+        "frames": torch.from_numpy(decode_frames(sample, (t, u))),
+        "offset": u - t,
+        "t": t,
+        "key": sample["__key__"],
+        "instruction": meta.get("instruction", ""),
+    }
+
+
+def count_clips(shards: str | Path, val_split: float) -> dict[str, int]:
+    """Clips per split, from the shard index's manifests (fast) or by reading the shards."""
+    counts = {"train": 0, "val": 0}
+    path = Path(shards)
+    if path.suffix == ".json" and path.is_file():
+        index = json.loads(path.read_text())
+        for m in index.get("manifests", []):
+            manifest = json.loads((path.parent / m).read_text())
+            for v in manifest["videos"]:
+                split = "val" if is_val_video(video_id(v["file"]), val_split) else "train"
+                counts[split] += v.get("clips", 0)
+        if index.get("manifests"):
+            return counts
+    for clip in iter_clips(shards):
+        split = "val" if is_val_video(clip["meta"]["video_id"], val_split) else "train"
+        counts[split] += 1
+    return counts
+
+
+class SplitFilter:
+    """Keep clips of one split (and, when ``allowed`` is given, only those clip keys)."""
+
+    def __init__(self, val_split: float, want_val: bool, allowed: set[str] | None = None):
+        self.val_split, self.want_val, self.allowed = val_split, want_val, allowed
+
+    def __call__(self, sample: dict[str, Any]) -> bool:
+        if self.allowed is not None and sample["__key__"] not in self.allowed:
+            return False
+        return is_val_video(sample["meta"]["video_id"], self.val_split) == self.want_val
+
+
+class ScenePairs:
+    """ClipStream transform: a clip of the wanted split -> ``count`` random frame pairs."""
+
+    def __init__(self, offsets: list[int], count: int, keep: SplitFilter):
+        self.offsets, self.count, self.keep = list(offsets), count, keep
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> Iterator[dict]:
+        if not self.keep(sample):
+            return
+        n = sample["meta"]["num_frames"]
+        for t, u in random_pairs(n, self.offsets, self.count, rng):
+            yield pair_item(sample, t, u)
+
+
+class PairDataset(Dataset):
+    """Pair-level mode: every valid (t, t+k) of the given clips, held in memory."""
+
+    def __init__(self, clips: list[dict[str, Any]], offsets: list[int], max_samples: int | None):
+        self.clips = clips
+        self.pairs: list[tuple[int, int, int]] = []
+        for ci, clip in enumerate(clips):
+            for t, u in all_pairs(clip["meta"]["num_frames"], offsets):
+                self.pairs.append((ci, t, u))
+                if max_samples is not None and len(self.pairs) >= max_samples:
+                    return
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ci, t, u = self.pairs[i]
+        return pair_item(self.clips[ci], t, u)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "frames": torch.stack([it["frames"] for it in items]),  # (B, 2, H, W, 3) uint8
+        "offset": torch.tensor([it["offset"] for it in items]),
+        "t": torch.tensor([it["t"] for it in items]),
+        "key": [it["key"] for it in items],
+        "instruction": [it["instruction"] for it in items],
+    }
+
+
+class ResumableLoader:
+    """An epoch-aware loader Lightning can checkpoint mid-epoch.
+
+    ``make(epoch)`` builds the epoch's DataLoader (which must be deterministic for the epoch).
+    ``state_dict`` records the epoch and how many batches were handed out; after
+    ``load_state_dict`` the next iteration rebuilds that epoch and skips those batches.
+    Skipping reads and discards the batches (exact, at the cost of re-reading part of one
+    epoch once).
+    """
+
+    def __init__(self, make: Callable[[int], DataLoader], length: int | None):
+        self.make = make
+        self.length = length
+        self.epoch = 0
+        self.served = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self._skip = epoch, 0
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("length unknown")
+        return self.length
+
+    def __iter__(self) -> Iterator[Any]:
+        loader = self.make(self.epoch)
+        skip, self._skip = self._skip, 0
+        self.served = 0
+        for i, batch in enumerate(loader):
+            if i < skip:
+                self.served += 1
+                continue
+            self.served += 1
+            yield batch
+        self.epoch += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "served": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self._skip = int(state["served"])
+
+
+class LAQDataModule(L.LightningDataModule):
+    """Train/val frame-pair loaders over preprocess shards (see the module docstring)."""
+
+    def __init__(self, cfg: DataConfig, shards: str | Path, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.shards = str(shards)
+        self.seed = seed
+        self.counts: dict[str, int] = {}
+        self.allowed_train: set[str] | None = None
+        self.train_pairs: PairDataset | None = None
+        self.val_pairs: PairDataset | None = None
+
+    # --- distributed context -------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        return 0, 1
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.counts:  # already set up (train() sizes the schedule before fit)
+            return
+        c = self.cfg
+        if c.pair_level:
+            clips = sorted(iter_clips(self.shards), key=lambda s: s["__key__"])
+            train = [s for s in clips if not is_val_video(s["meta"]["video_id"], c.val_split)]
+            val = [s for s in clips if is_val_video(s["meta"]["video_id"], c.val_split)]
+            self.train_pairs = PairDataset(train, c.offsets, c.max_samples)
+            self.val_pairs = PairDataset(val, c.offsets, c.max_samples)
+            self.counts = {"train": len(self.train_pairs), "val": len(self.val_pairs)}
+        else:
+            self.counts = count_clips(self.shards, c.val_split)
+            if c.max_samples is not None:  # the first N training clips in key order
+                keys = sorted(
+                    s["__key__"]
+                    for s in iter_clips(self.shards)
+                    if not is_val_video(s["meta"]["video_id"], c.val_split)
+                )
+                self.allowed_train = set(keys[: c.max_samples])
+                self.counts["train"] = len(self.allowed_train)
+        if self.counts["train"] == 0:
+            raise ValueError(
+                f"no training samples in {self.shards} (val_split={c.val_split}, "
+                f"max_samples={c.max_samples}, pair_level={c.pair_level})"
+            )
+
+    def _loader(self, train: bool) -> ResumableLoader | None:
+        c = self.cfg
+        rank, world = self._rank_world()
+        workers = c.num_workers
+        if c.pair_level:
+            ds = self.train_pairs if train else self.val_pairs
+            if ds is None or len(ds) == 0:
+                return None
+            bs = min(c.batch_size, len(ds))
+
+            def make(epoch: int) -> DataLoader:
+                sampler = DistributedSampler(ds, world, rank, shuffle=train, seed=self.seed)
+                sampler.set_epoch(epoch)
+                return DataLoader(
+                    ds,
+                    batch_size=bs,
+                    sampler=sampler,
+                    num_workers=0 if len(ds) < 64 else workers,
+                    collate_fn=collate,
+                    drop_last=False,
+                )
+
+            per_rank = -(-len(ds) // world)
+            return ResumableLoader(make, -(-per_rank // bs))
+
+        n_clips = self.counts["train" if train else "val"]
+        if n_clips == 0:
+            return None
+        pairs = c.pairs_per_clip if train else 1
+        keep = SplitFilter(
+            c.val_split, want_val=not train, allowed=self.allowed_train if train else None
+        )
+        transform = ScenePairs(c.offsets, pairs, keep)
+        items_per_epoch = n_clips * pairs
+        # Multi-GPU: each (rank, worker) reader draws shards with replacement and yields a fixed
+        # number of pairs, so ranks stay in step. One process: read every shard once per epoch.
+        resampled = train and world > 1
+        readers = world * max(1, workers)
+        epoch_size = -(-items_per_epoch // readers) if resampled else None
+        stream = ClipStream(
+            self.shards,
+            shuffle=c.shuffle_buffer if train else 0,
+            seed=self.seed + (0 if train else 7919),
+            resampled=resampled,
+            epoch_size=epoch_size,
+            transform=transform,
+        )
+
+        def make(epoch: int) -> DataLoader:
+            stream.set_epoch(epoch if train else 0)
+            return DataLoader(
+                stream,
+                batch_size=c.batch_size,
+                num_workers=workers,
+                collate_fn=collate,
+                persistent_workers=False,
+            )
+
+        per_rank = (
+            -(-items_per_epoch // world) if epoch_size is None else epoch_size * max(1, workers)
+        )
+        return ResumableLoader(make, max(1, -(-per_rank // c.batch_size)))
+
+    def train_dataloader(self) -> ResumableLoader:
+        loader = self._loader(train=True)
+        assert loader is not None
+        return loader
+
+    def val_dataloader(self) -> ResumableLoader | list:
+        return self._loader(train=False) or []
+
+
+def to_model_input(frames: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 (B, 2, H, W, 3) -> float (B, 2, 3, S, S) in [0, 1], resized when H != S."""
+    x = frames.permute(0, 1, 4, 2, 3).float().div_(255)  # (B, 2, 3, H, W)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        B = x.shape[0]
+        x = torch.nn.functional.interpolate(
+            x.flatten(0, 1),
+            size=(image_size, image_size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        ).unflatten(0, (B, 2))
+    return x

@@ -1,0 +1,543 @@
+"""Stage 1: train the latent action quantizer with PyTorch Lightning.
+
+    python -m hlrp.laq.train experiment=laq_debug data.shards=results/shards/index.json \\
+        output_dir=results/laq [key=value ...]
+
+Writes into ``output_dir``:
+
+* ``laq.ckpt``: the trained model (``model_config``, ``state_dict``, ``global_step``,
+  ``config_hash``), what labelling and the report load (:func:`load_laq`);
+* ``config.yaml``: the resolved config of the run;
+* ``checkpoints/last.ckpt``: full training state (model, optimizer, scheduler, step, loader
+  position, RNG states), written atomically every ``training.checkpoint_every_n_steps``.
+  Running the same command again resumes from it (after a kill, a Slurm time limit or a
+  requeue) and continues exactly where it stopped; a checkpoint of a different config is set
+  aside instead;
+* ``logs/metrics.csv`` (and ``wandb/``, offline by default), ``samples/*.png`` grids of
+  frame t | frame t+k | reconstruction | error, ``plots/training.png``, ``metrics.json``.
+
+Metrics: reconstruction MSE and PSNR, PSNR of the copy-frame-t baseline, code perplexity,
+fraction of the codebook in use, learning rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from hlrp.common.cli import run
+from hlrp.common.config import LAQModelConfig, RootConfig, TrainingConfig, to_yaml
+from hlrp.common.io import atomic_open, write_json, write_text
+from hlrp.common.logging import get_logger
+from hlrp.laq.data import LAQDataModule, to_model_input
+from hlrp.laq.model import LAQ, maybe_compile
+
+log = get_logger("laq.train")
+
+
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of images in [0, 1]."""
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def code_restart_due(step: int) -> int:
+    """LAPA's dead-code restart schedule: every 10 steps to 100, 100 to 1k, 500 to 5k, then off.
+
+    Returns the number of batches since the previous restart when one is due at ``step``,
+    else 0.
+    """
+    for until, every in ((100, 10), (1000, 100), (5000, 500)):
+        if step <= until:
+            return every if step > 0 and step % every == 0 else 0
+    return 0
+
+
+def lr_lambda(cfg: TrainingConfig, total_steps: int):
+    """Linear warmup, then constant or cosine decay to ``min_lr_ratio``."""
+    warmup = cfg.scheduler.warmup_steps
+    floor = cfg.scheduler.min_lr_ratio
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg.scheduler.name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    if cfg.scheduler.name not in ("constant", "cosine"):
+        raise ValueError(f"training.scheduler.name={cfg.scheduler.name!r}: use constant or cosine")
+    return f
+
+
+class LAQModule(L.LightningModule):
+    """LAQ + its optimisation: reconstruction of frame t+k from frame t and latent codes."""
+
+    def __init__(self, model_cfg: LAQModelConfig, train_cfg: TrainingConfig, total_steps: int):
+        super().__init__()
+        self.model_cfg = model_cfg
+        self.train_cfg = train_cfg
+        self.total_steps = total_steps
+        self.model = maybe_compile(LAQ(model_cfg), model_cfg)
+        self._pending_rng: dict[str, Any] | None = None
+
+    def forward(self, frames: torch.Tensor):
+        return self.model(frames)
+
+    def _inputs(self, batch: dict[str, Any]) -> torch.Tensor:
+        return to_model_input(batch["frames"], self.model_cfg.image_size)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self._pending_rng is not None:  # resumed: continue the RNG streams of the killed run
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
+        # Dead-code restarts after every N-th optimizer step, done here at the start of the next
+        # step (not in on_train_batch_end, which runs after the checkpoint callback): a
+        # checkpoint written at step N then resumes into exactly the same restart.
+        every = code_restart_due(self.global_step)
+        if every:
+            replaced = self.model.replace_unused_codebooks(every)
+            self.log("train/codes_restarted", float(replaced), on_step=True, batch_size=1)
+        x = self._inputs(batch)  # (B, 2, C, S, S)
+        out = self.model(x)
+        bs = x.shape[0]
+        self.log_dict(
+            {
+                "train/loss": out.total_loss,
+                "train/mse": out.loss,
+                "train/psnr": psnr(out.loss.detach()),
+                "train/perplexity": out.perplexity,
+                "train/codebook_used": out.used_fraction,
+            },
+            on_step=True,
+            on_epoch=False,
+            prog_bar=False,
+            batch_size=bs,
+        )
+        self.log("loss", out.total_loss.detach(), prog_bar=True, logger=False, batch_size=bs)
+        return out.total_loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        x = self._inputs(batch)
+        out = self.model(x)
+        baseline = torch.nn.functional.mse_loss(x[:, 0], x[:, 1])  # copy frame t
+        bs = x.shape[0]
+        self.log_dict(
+            {
+                "val/mse": out.loss,
+                "val/psnr": psnr(out.loss),
+                "val/psnr_copy_baseline": psnr(baseline),
+                "val/perplexity": out.perplexity,
+                "val/codebook_used": out.used_fraction,
+            },
+            on_step=False,
+            on_epoch=True,
+            batch_size=bs,
+            sync_dist=True,
+        )
+
+    def configure_optimizers(self):
+        o = self.train_cfg.optimizer
+        if o.name != "adamw":
+            raise ValueError(f"training.optimizer.name={o.name!r}: only adamw is supported")
+        opt = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.train_cfg, self.total_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- exact resume: RNG streams travel with the checkpoint -------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = _get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # applied right before the next training step, after loaders have started (which
+        # draws from the global RNG and would otherwise shift every later random number)
+        self._pending_rng = checkpoint.get("rng_states")
+
+
+def _get_rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed: a kill never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
+
+
+class ReconstructionGrids(Callback):
+    """Every N steps, save frame t | frame t+k | reconstruction | |error| for a fixed batch."""
+
+    def __init__(self, out_dir: Path, every: int, num: int, train_too: bool):
+        self.out_dir, self.every, self.num, self.train_too = out_dir, every, num, train_too
+        self._val_batch: dict[str, Any] | None = None
+        self._train_batch: dict[str, Any] | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._train_batch is None:
+            self._train_batch = {k: v[: self.num] for k, v in batch.items()}
+        step = trainer.global_step
+        if trainer.is_global_zero and self.every > 0 and step % self.every == 0:
+            if self.train_too:
+                self.save(trainer, pl_module, self._train_batch, "train", step)
+            if self._val_batch is not None:
+                self.save(trainer, pl_module, self._val_batch, "val", step)
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if self._val_batch is None:
+            self._val_batch = {k: v[: self.num] for k, v in batch.items()}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            batch = self._val_batch or self._train_batch
+            if batch is not None:
+                self.save(trainer, pl_module, batch, "final", trainer.global_step)
+
+    @torch.no_grad()
+    def save(self, trainer, pl_module: LAQModule, batch, split: str, step: int) -> None:
+        import torchvision
+
+        was_training = pl_module.training
+        pl_module.eval()
+        x = pl_module._inputs({"frames": batch["frames"].to(pl_module.device)})
+        recon = pl_module.model(x).recon.float().clamp(0, 1)
+        err = (recon - x[:, 1]).abs().mean(1, keepdim=True).expand_as(recon).clamp(0, 1) * 4
+        rows = torch.stack([x[:, 0], x[:, 1], recon, err.clamp(0, 1)], dim=1)  # (B, 4, C, S, S)
+        grid = torchvision.utils.make_grid(
+            rows.flatten(0, 1).cpu(), nrow=4, padding=2, pad_value=1.0
+        )
+        path = self.out_dir / "samples" / f"{split}_step{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path, "wb") as f:
+            torchvision.utils.save_image(grid, f, format="png")
+        for lg in trainer.loggers:
+            if lg.__class__.__name__ == "WandbLogger":
+                lg.log_image(key=f"samples/{split}", images=[str(path)], step=step)
+        if was_training:
+            pl_module.train()
+
+
+class LogProgress(Callback):
+    """Progress as plain log lines (for Snakemake and Slurm log files, where bars are noise)."""
+
+    def __init__(self, every: int, total: int):
+        self.every, self.total = max(1, every), total
+        self._t0: float | None = None
+        self._step0 = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        step = trainer.global_step
+        if self._t0 is None:
+            self._t0, self._step0 = time.perf_counter(), step
+            return
+        if step % self.every or not trainer.is_global_zero:
+            return
+        rate = (step - self._step0) / max(1e-9, time.perf_counter() - self._t0)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        loss = trainer.callback_metrics.get("loss")
+        log.info(
+            "step %d/%d  loss %.5f  %.2f steps/s  eta %.0f min",
+            step,
+            self.total,
+            float(loss) if loss is not None else float("nan"),
+            rate,
+            eta / 60,
+        )
+
+
+def config_hash(cfg: RootConfig) -> str:
+    """What a checkpoint must match to be resumed: model, data and training settings."""
+    relevant = {
+        "model": asdict(cfg.model),
+        "data": asdict(cfg.data),
+        "training": asdict(cfg.training),
+        "seed": cfg.seed,
+    }
+    relevant["data"].pop("num_workers")
+    return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:16]
+
+
+def validation_schedule(every_n_steps: int) -> dict[str, Any]:
+    """Trainer arguments: validate every N optimizer steps (across epochs), or never if N <= 0."""
+    if every_n_steps > 0:
+        return {"val_check_interval": every_n_steps, "check_val_every_n_epoch": None}
+    return {"limit_val_batches": 0}
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    if gpu and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def make_loggers(out: Path, cfg: RootConfig, name: str) -> list:
+    loggers: list = [CSVLogger(str(out), name="logs", version="")]
+    mode = os.environ.get("WANDB_MODE", cfg.cluster.wandb_mode)
+    if mode != "disabled":
+        try:
+            from lightning.pytorch.loggers import WandbLogger
+
+            os.environ.setdefault("WANDB_MODE", mode)
+            loggers.append(
+                WandbLogger(
+                    project="hlrp",
+                    name=f"{name}-{cfg.name}",
+                    save_dir=str(out),
+                    id=f"{name}-{config_hash(cfg)}",
+                    resume="allow",
+                    config=asdict(cfg),
+                )
+            )
+        except (ImportError, ModuleNotFoundError):
+            log.warning("wandb is not installed: logging to CSV only")
+    return loggers
+
+
+def find_resume(out: Path, chash: str) -> str | None:
+    """``checkpoints/last.ckpt`` if it belongs to this config; a stale one is set aside."""
+    last = out / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    meta = torch.load(last, map_location="cpu", weights_only=False).get("hlrp", {})
+    if meta.get("config_hash") == chash:
+        return str(last)
+    stale = out / f"checkpoints.stale-{meta.get('config_hash', 'unknown')}"
+    os.replace(out / "checkpoints", stale)
+    log.warning(
+        "config changed since %s was written: moved it to %s, training from scratch", last, stale
+    )
+    return None
+
+
+class StampConfig(Callback):
+    """Store the config hash in every checkpoint (checked before resuming)."""
+
+    def __init__(self, chash: str):
+        self.chash = chash
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        checkpoint["hlrp"] = {"config_hash": self.chash}
+
+
+def export(path: Path, module: LAQModule, chash: str, step: int) -> None:
+    """The trained model alone, for labelling and the report."""
+    payload = {
+        "model_config": asdict(module.model_cfg),
+        "state_dict": {k: v.detach().cpu() for k, v in module.model.state_dict().items()},
+        "global_step": step,
+        "config_hash": chash,
+    }
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
+
+
+def load_laq(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LAQ:
+    """Load an exported ``laq.ckpt`` (written by training) into an eval-mode :class:`LAQ`."""
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    model = LAQ(LAQModelConfig(**payload["model_config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def save_training_plot(metrics_csv: Path, out_png: Path) -> None:
+    """Loss / PSNR / codebook-use curves from the CSV log, for people rather than parsers."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            for k, v in row.items():
+                if k != "step" and v not in ("", None) and row.get("step"):
+                    series.setdefault(k, []).append((int(float(row["step"])), float(v)))
+    panels = [
+        ("train/mse", "val/mse", "MSE (log)", True),
+        ("train/psnr", "val/psnr", "PSNR dB", False),
+        ("train/perplexity", "val/perplexity", "code perplexity", False),
+        ("train/codebook_used", "val/codebook_used", "codebook used", False),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    for ax, (tr, va, title, logy) in zip(axes, panels):
+        for key, style in ((tr, "-"), (va, "o-")):
+            if key in series:
+                xs, ys = zip(*sorted(series[key]))
+                ax.plot(xs, ys, style, label=key.split("/")[0], markersize=3)
+        if title.startswith("PSNR") and "val/psnr_copy_baseline" in series:
+            xs, ys = zip(*sorted(series["val/psnr_copy_baseline"]))
+            ax.plot(xs, ys, "k--", label="copy frame t")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out_png, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def train(cfg: RootConfig) -> dict[str, Any]:
+    if not isinstance(cfg.model, LAQModelConfig):
+        raise ValueError(f"experiment {cfg.name!r} has no LAQ model (model.name={cfg.model.name})")
+    if not cfg.output_dir or not cfg.data.shards:
+        raise ValueError("train_laq needs data.shards=PATH (index.json) and output_dir=PATH")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    chash = config_hash(cfg)
+    write_text(out / "config.yaml", to_yaml(cfg))
+
+    dm = LAQDataModule(cfg.data, cfg.data.shards, seed=cfg.seed)
+    t = cfg.training
+    dm.setup("fit")
+    steps_per_epoch = max(1, len(dm.train_dataloader()) // max(1, t.accumulate_grad_batches))
+    total_steps = steps_per_epoch * t.epochs
+    if t.max_steps > 0:
+        total_steps = min(total_steps, t.max_steps)
+    module = LAQModule(cfg.model, t, total_steps)
+    log.info(
+        "LAQ with %.2f M parameters, %d training steps",
+        module.model.num_params() / 1e6,
+        total_steps,
+    )
+
+    ckpt_cb = ModelCheckpoint(
+        dirpath=str(out / "checkpoints"),
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_last=True,
+        save_top_k=1,
+    )
+    callbacks = [
+        ckpt_cb,
+        StampConfig(chash),
+        LearningRateMonitor(logging_interval="step"),
+        ReconstructionGrids(
+            out,
+            t.validation.visualize_every_n_steps,
+            t.validation.num_visualize,
+            t.validation.visualize_train,
+        ),
+    ]
+    interactive = sys.stderr.isatty()
+    if not interactive:
+        callbacks.append(LogProgress(t.log_every_n_steps, total_steps))
+    cl = cfg.cluster
+    trainer = L.Trainer(
+        default_root_dir=str(out),
+        accelerator=cl.accelerator,
+        devices=cl.devices,
+        num_nodes=cl.num_nodes,
+        strategy=cl.strategy,
+        precision=resolve_precision(t.precision, cl.accelerator),
+        max_steps=total_steps,
+        max_epochs=t.epochs,
+        gradient_clip_val=t.grad_clip or None,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        **validation_schedule(t.validation.every_n_steps),
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=make_loggers(out, cfg, "laq"),
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=interactive,
+        enable_model_summary=interactive,
+        use_distributed_sampler=False,
+    )
+    resume = find_resume(out, chash)
+    if resume:
+        log.info("resuming from %s", resume)
+    # our own checkpoints hold RNG states (numpy arrays): not loadable with weights_only=True
+    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=False)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:
+        if t.validation.every_n_steps > 0 and dm.val_dataloader():  # final validation
+            metrics.update(
+                {
+                    k: float(v)
+                    for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()
+                }
+            )
+        export(out / "laq.ckpt", module, chash, trainer.global_step)
+        write_json(
+            out / "metrics.json",
+            {"global_step": trainer.global_step, "config_hash": chash, **metrics},
+        )
+        csv_path = out / "logs" / "metrics.csv"
+        if csv_path.is_file():
+            save_training_plot(csv_path, out / "plots" / "training.png")
+        log.info("wrote %s (step %d)", out / "laq.ckpt", trainer.global_step)
+    return metrics
+
+
+USAGE = """
+usage: python -m hlrp.laq.train experiment=NAME data.shards=INDEX.json output_dir=DIR [key=value ...]
+
+Trains the latent action quantizer on preprocess shards. Running the same command again
+resumes from output_dir/checkpoints/last.ckpt. Overfitting one pair (a debugging recipe):
+  experiment=laq_debug data.pair_level=true data.max_samples=1 data.val_split=0.0 \\
+  training.epochs=1000 training.validation.visualize_train=true
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def _main(cfg: RootConfig) -> int:
+        train(cfg)
+        return 0
+
+    return run(_main, argv, USAGE)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
