@@ -18,9 +18,9 @@ import time
 from dataclasses import asdict
 
 import torch
-from common import save
 from torch.utils.flop_counter import FlopCounterMode
 
+from common import save
 from hlrp.common.config import load
 from hlrp.laq.model import LAQ, maybe_compile
 

@@ -99,8 +99,9 @@ def test_labels_every_pair_with_codes_and_metadata(corpus, tmp_path):
     assert all(0 <= c < TINY.codebook_size for s in samples for c in json.loads(s["json"])["codes"])
     assert meta["offset"] == 2 and meta["instruction"].startswith("move the square")
     assert meta["laq_hash"] == index["laq_hash"] and len(index["laq_hash"]) == 64
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert Image.open(io.BytesIO(samples[0]["jpg"])).size == (48, 48)
     # actions: the sum over frames t..t+k-1 of the per-frame rows (column 0 = source frame)
@@ -225,3 +226,46 @@ def test_gate_blocks_labelling(corpus, tmp_path):
         LB.check_report_gate(report, allow_failed=False)
     with pytest.raises(FileNotFoundError, match="laq_report"):
         LB.check_report_gate(tmp_path / "missing.json", allow_failed=False)
+
+
+def test_collapsed_laq_is_stopped_by_the_gate(corpus, tmp_path):
+    """End to end: a LAQ whose codes cannot depend on the frames -> report -> labelling stops."""
+    from hlrp.laq import report as R
+
+    shards, _ = corpus
+    torch.manual_seed(0)
+    model = LAQ(TINY)
+    with torch.no_grad():  # z_pre = cnn(proj_in(enc_t+k)) - cnn(proj_in(enc_t)) == 0 always
+        model.action.proj_in.weight.zero_()
+        model.action.proj_in.bias.zero_()
+    ckpt = tmp_path / "collapsed.ckpt"
+    torch.save(
+        {
+            "model_config": asdict(TINY),
+            "state_dict": model.state_dict(),
+            "global_step": 0,
+            "config_hash": "collapsed",
+        },
+        ckpt,
+    )
+    common = [f"laq={ckpt}", f"data.shards={shards}", "data.offsets=[2]", "data.val_split=0.0"]
+    assert R.main([*common, f"output_dir={tmp_path / 'report'}"]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["gate"]["passed"] is False
+    assert report["codebook"]["distinct_sequences"] == 1
+    rc = LB.main(
+        [
+            *common,
+            f"output_dir={tmp_path / 'labels'}",
+            f"report={tmp_path / 'report' / 'report.json'}",
+        ]
+    )
+    assert rc == LB.GATE_FAILED_EXIT and not (tmp_path / "labels").exists()
+
+
+def test_a_report_of_other_weights_is_stale(corpus, tmp_path):
+    shards, ckpt = corpus
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"laq_sha256": "0" * 64, "gate": {"passed": True}}))
+    with pytest.raises(LB.GateFailed, match="stale report"):
+        LB.check_report_gate(report, allow_failed=False, laq_path=ckpt)

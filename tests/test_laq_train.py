@@ -224,3 +224,4 @@ def test_changed_config_does_not_resume(shards, tmp_path):
     )
     assert find_resume(out, "different-hash") is None
     assert list(tmp_path.glob("run/checkpoints.stale-*/last.ckpt"))
+    assert not (out / "checkpoints" / "last.ckpt").exists()

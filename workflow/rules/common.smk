@@ -19,6 +19,16 @@ USE_DEMO = config["videos"] == "demo"
 VIDEO_DIR = f"{DEMO_DIR}/videos" if USE_DEMO else config["videos"]
 ACTIONS_DIR = f"{DEMO_DIR}/ground_truth" if USE_DEMO else config.get("actions_dir")
 SHARD_INDEX = f"{SHARDS}/index.json"
+LAQ_NODES = config["train_laq"]["nodes"]
+LAQ_GPUS = config["train_laq"]["gpus_per_node"]
+LAQ_TASKS = LAQ_NODES * LAQ_GPUS
+
+
+def launch_prefix(tasks):
+    """`srun -n <tasks>` for a multi-process rule under Slurm (the job-step plugin drops
+    SLURM_NTASKS, so the count goes on the srun line); nothing locally, where Lightning
+    starts its own processes."""
+    return f"{config['launcher']} -n {tasks}" if config["launcher"] and tasks > 1 else ""
 
 
 def overrides(stage):

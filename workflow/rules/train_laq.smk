@@ -1,5 +1,9 @@
 # Stage 1: train the latent action quantizer on the shards. Re-running the rule resumes from
 # the run's last checkpoint (results/laq/checkpoints/last.ckpt) unless the config changed.
+#
+# One GPU by default; `train_laq: {nodes: N, gpus_per_node: G}` in the workflow config asks
+# Slurm for N nodes with G GPUs and G tasks each, launches N*G processes with `srun` (the
+# `launcher` the lrz profile sets) and passes the same N and G to Lightning.
 
 
 rule train_laq:
@@ -10,6 +14,9 @@ rule train_laq:
         config=f"{RESULTS}/laq/config.yaml",
     params:
         out=lambda wildcards, output: str(Path(output.ckpt).parent),
+        launch=launch_prefix(LAQ_TASKS),
+        nodes=LAQ_NODES,
+        gpus=LAQ_GPUS,
         overrides=cli_overrides("train_laq"),
         config=config_digest("train_laq", "model", "data", "training", "seed"),
     conda:
@@ -20,9 +27,17 @@ rule train_laq:
         "benchmarks/train_laq/train_laq.tsv"
     threads: 4
     resources:
-        gpu=1,
+        nodes=LAQ_NODES,
+        gres=f"gpu:{LAQ_GPUS}",
+        # the Slurm plugin takes one of tasks_per_node (> 1) or tasks for an srun job
+        tasks_per_node=LAQ_GPUS if LAQ_GPUS > 1 else 0,
+        tasks=LAQ_TASKS if LAQ_GPUS == 1 else 0,
+        tasks_per_gpu=1,
+        mpi=config["launcher"] if LAQ_TASKS > 1 else "",
         mem_mb=32000,
         runtime=24 * 60,
     shell:
-        "python -m hlrp.laq.train data.shards={input:q} output_dir={params.out:q} "
-        "data.num_workers={threads} {params.overrides} > {log:q} 2>&1"
+        "{params.launch} python -m hlrp.laq.train data.shards={input:q} "
+        "output_dir={params.out:q} data.num_workers={threads} "
+        "cluster.num_nodes={params.nodes} cluster.devices={params.gpus} "
+        "{params.overrides} > {log:q} 2>&1"

@@ -229,6 +229,7 @@ class LAQReportConfig:
     # gate thresholds: label_latents refuses to run when one fails (see label.allow_failed_gate)
     min_perplexity: float = 1.5  # codes collapsed: perplexity over all held-out pairs below this
     min_used_fraction: float = 0.25  # fraction of the codebook used on held-out pairs
+    min_sequence_perplexity: float = 1.5  # whole code sequences (LAPA's "[2,0,0,0] always")
     min_psnr_drop_db: float = 0.05  # decoding another pair's codes must cost at least this PSNR
 
 

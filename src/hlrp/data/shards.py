@@ -211,8 +211,11 @@ class ClipStream(torch.utils.data.IterableDataset):
         resampled: bool = False,
         epoch_size: int | None = None,
         transform: Callable[[dict[str, Any], np.random.Generator], Iterable[Any]] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ):
         super().__init__()
+        self.rank, self.world_size = rank, world_size  # None: from torch.distributed / env
         self.urls = resolve_shards(shards)
         self.shuffle = shuffle
         self.seed = seed
@@ -228,6 +231,8 @@ class ClipStream(torch.utils.data.IterableDataset):
 
     def _reader(self) -> tuple[int, int]:
         rank, world = _rank_world()
+        if self.rank is not None and self.world_size is not None:
+            rank, world = self.rank, self.world_size
         info = torch.utils.data.get_worker_info()
         wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
         return rank * nworkers + wid, world * nworkers

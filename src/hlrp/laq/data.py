@@ -270,6 +270,8 @@ class LAQDataModule(L.LightningDataModule):
             resampled=resampled,
             epoch_size=epoch_size,
             transform=transform,
+            rank=rank,
+            world_size=world,
         )
 
         def make(epoch: int) -> DataLoader:

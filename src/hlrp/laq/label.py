@@ -61,16 +61,25 @@ class GateFailed(RuntimeError):
     """The LAQ report's gate failed; the message lists why."""
 
 
-def check_report_gate(report_path: str | os.PathLike, allow_failed: bool) -> dict[str, Any]:
-    """Load the LAQ report and refuse to go on when its gate failed (unless allowed)."""
+def check_report_gate(
+    report_path: str | os.PathLike, allow_failed: bool, laq_path: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """Load the LAQ report and refuse to go on when its gate failed (unless allowed).
+
+    With ``laq_path``, the report must be about that very checkpoint (same file hash): a report
+    left over from other weights is treated as a failed gate.
+    """
     path = Path(report_path)
     if not path.is_file():
         raise FileNotFoundError(f"LAQ report {path} does not exist (run the laq_report stage)")
     report = json.loads(path.read_text())
     gate = report.get("gate", {})
-    if gate.get("passed", False):
+    failures = list(gate.get("failures") or [])
+    if laq_path is not None and report.get("laq_sha256") != file_sha256(laq_path):
+        failures.append(f"the report is about other LAQ weights than {laq_path} (stale report)")
+    elif gate.get("passed", False):
         return report
-    failures = gate.get("failures") or ["the report has no passing gate"]
+    failures = failures or ["the report has no passing gate"]
     text = "; ".join(failures)
     if allow_failed:
         log.warning("LAQ gate FAILED (%s) - labelling anyway: label.allow_failed_gate=true", text)
@@ -277,7 +286,7 @@ def _main(cfg: RootConfig) -> int:
         return 2
     if cfg.report:
         try:
-            check_report_gate(cfg.report, cfg.label.allow_failed_gate)
+            check_report_gate(cfg.report, cfg.label.allow_failed_gate, cfg.laq)
         except GateFailed as e:
             log.error("%s", e)
             return GATE_FAILED_EXIT

@@ -166,12 +166,24 @@ class LAQModule(L.LightningModule):
 
     # --- exact resume: RNG streams travel with the checkpoint -------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rng_states"] = _get_rng_state()
+        # every rank has its own RNG streams (NSVQ noise): gather them, rank 0 writes the file
+        state = _get_rng_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+        else:
+            states = [state]
+        checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # applied right before the next training step, after loaders have started (which
         # draws from the global RNG and would otherwise shift every later random number)
-        self._pending_rng = checkpoint.get("rng_states")
+        states = checkpoint.get("rng_states")
+        if isinstance(states, list):
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            self._pending_rng = states[rank] if rank < len(states) else None
+        else:
+            self._pending_rng = states
 
 
 def _get_rng_state() -> dict[str, Any]:
@@ -336,20 +348,32 @@ def make_loggers(out: Path, cfg: RootConfig, name: str) -> list:
     return loggers
 
 
+def _ckpt_meta(path: Path) -> dict[str, Any]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return {
+        "config_hash": ckpt.get("hlrp", {}).get("config_hash"),
+        "global_step": ckpt.get("global_step", -1),
+    }
+
+
 def find_resume(out: Path, chash: str) -> str | None:
-    """``checkpoints/last.ckpt`` if it belongs to this config; a stale one is set aside."""
-    last = out / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        return None
-    meta = torch.load(last, map_location="cpu", weights_only=False).get("hlrp", {})
-    if meta.get("config_hash") == chash:
-        return str(last)
-    stale = out / f"checkpoints.stale-{meta.get('config_hash', 'unknown')}"
-    os.replace(out / "checkpoints", stale)
-    log.warning(
-        "config changed since %s was written: moved it to %s, training from scratch", last, stale
-    )
-    return None
+    """The newest checkpoint of this config: ``checkpoints/last.ckpt`` or the ``hpc_ckpt_*``
+    Lightning writes when Slurm signals a time limit (SIGUSR1) before requeueing the job.
+
+    Checkpoints of another config are moved aside (``checkpoints.stale-<hash>``), not resumed.
+    """
+    candidates = [out / "checkpoints" / "last.ckpt", *sorted(out.glob("hpc_ckpt_*.ckpt"))]
+    found = [(p, _ckpt_meta(p)) for p in candidates if p.is_file()]
+    mine = [(m["global_step"], str(p)) for p, m in found if m["config_hash"] == chash]
+    stale = [(p, m) for p, m in found if m["config_hash"] != chash]
+    for p, m in stale:
+        dest = out / f"checkpoints.stale-{m['config_hash'] or 'unknown'}"
+        dest.mkdir(parents=True, exist_ok=True)
+        os.replace(p, dest / p.name)
+        log.warning("config changed since %s was written: moved it to %s", p, dest)
+    if stale and not mine:
+        log.warning("training from scratch")
+    return max(mine)[1] if mine else None
 
 
 class StampConfig(Callback):
@@ -501,14 +525,10 @@ def train(cfg: RootConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=False)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if t.validation.every_n_steps > 0 and dm.val_dataloader():  # final validation, all ranks
+        final = trainer.validate(module, datamodule=dm, verbose=False)
+        metrics.update({k: float(v) for k, v in final[0].items()})
     if trainer.is_global_zero:
-        if t.validation.every_n_steps > 0 and dm.val_dataloader():  # final validation
-            metrics.update(
-                {
-                    k: float(v)
-                    for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()
-                }
-            )
         export(out / "laq.ckpt", module, chash, trainer.global_step)
         write_json(
             out / "metrics.json",
