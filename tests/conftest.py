@@ -14,7 +14,23 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("WANDB_MODE", "offline")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from hlrp.common.config import LAQModelConfig  # noqa: E402
 from videos import bad_input_corpus, moving_square, write_video  # noqa: E402
+
+#: The smallest LAQ the tests build (32 px, ~25 k parameters): fast enough for any test.
+MICRO_LAQ = LAQModelConfig(
+    image_size=32,
+    patch_size=8,
+    dim=32,
+    spatial_depth=1,
+    temporal_depth=1,
+    decoder_depth=1,
+    heads=2,
+    dim_head=16,
+    codebook_size=8,
+    code_seq_len=2,
+    quant_dim=8,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,26 +16,14 @@ import pytest
 import torch
 import webdataset as wds
 
-from conftest import make_small_corpus
-from hlrp.common.config import LabelConfig, LAQModelConfig, load
+from conftest import MICRO_LAQ, make_small_corpus
+from hlrp.common.config import LabelConfig, load
 from hlrp.data.preprocess import preprocess
 from hlrp.data.shards import iter_clips, resolve_shards
 from hlrp.laq import label as LB
 from hlrp.laq.model import LAQ
 
-TINY = LAQModelConfig(
-    image_size=32,
-    patch_size=8,
-    dim=32,
-    spatial_depth=1,
-    temporal_depth=1,
-    decoder_depth=1,
-    heads=2,
-    dim_head=16,
-    codebook_size=8,
-    code_seq_len=2,
-    quant_dim=8,
-)
+TINY = MICRO_LAQ
 
 
 def save_laq(path: Path, seed: int = 0) -> Path:

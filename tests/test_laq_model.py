@@ -7,40 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from hlrp.common.config import LAQModelConfig
+from hlrp.common.config import LAQModelConfig, load
 from hlrp.laq.model import LAQ, action_grid, maybe_compile
 from hlrp.laq.quantizers import NSVQ, EMAVectorQuantizer, FSQQuantizer, build_quantizer
 
-# config/model/laq_tiny.yaml
-TINY = LAQModelConfig(
-    image_size=64,
-    patch_size=8,
-    dim=64,
-    spatial_depth=1,
-    temporal_depth=1,
-    decoder_depth=1,
-    heads=2,
-    dim_head=32,
-    codebook_size=8,
-    code_seq_len=2,
-    quant_dim=16,
-    quantizer="nsvq",
-)
-# config/model/laq.yaml (LAPA's published size)
-FULL = LAQModelConfig(
-    image_size=256,
-    patch_size=32,
-    dim=1024,
-    spatial_depth=8,
-    temporal_depth=8,
-    decoder_depth=8,
-    heads=16,
-    dim_head=64,
-    codebook_size=8,
-    code_seq_len=4,
-    quant_dim=32,
-    quantizer="nsvq",
-)
+TINY = load(["model=laq_tiny"]).model  # config/model/laq_tiny.yaml
+FULL = load(["model=laq"]).model  # config/model/laq.yaml: LAPA's published size
 
 
 def tiny(**kw) -> LAQModelConfig:

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hlrp.common.config import DataConfig, LAQModelConfig, LAQReportConfig
+from conftest import MICRO_LAQ
+from hlrp.common.config import DataConfig, LAQReportConfig
 from hlrp.data.shards import ShardWriter, make_sample
 from hlrp.laq.data import is_val_video
 from hlrp.laq.model import LAQ
@@ -28,19 +29,7 @@ from hlrp.laq.report import (
     tercile_ids,
 )
 
-TINY = LAQModelConfig(
-    image_size=32,
-    patch_size=8,
-    dim=32,
-    spatial_depth=1,
-    temporal_depth=1,
-    decoder_depth=1,
-    heads=2,
-    dim_head=16,
-    codebook_size=8,
-    code_seq_len=2,
-    quant_dim=8,
-)
+TINY = MICRO_LAQ
 VAL_SPLIT = 0.5
 NUM_CLIPS = 12
 NUM_FRAMES = 12

@@ -136,8 +136,9 @@ def test_incremental_runs(project):
 
     smk(args, cwd=project, env=env)
     # a change to another stage's config (the LAQ model) changes nothing here
-    model = project / "config/model/laq_tiny.yaml"
-    model.write_text(model.read_text().replace("dim: 64", "dim: 96"))
+    model = project / "config/model/laq_demo.yaml"  # the model of experiment demo_tiny
+    assert "dim: 128" in model.read_text()
+    model.write_text(model.read_text().replace("dim: 128", "dim: 96"))
     assert job_counts(smk([*args, "-n"], cwd=project, env=env)) == {}
 
     # a change to the preprocessing config re-runs every preprocess job
@@ -157,6 +158,14 @@ def test_demo_workflow_end_to_end(project):
         "demo.resolution=64",
     ]
     cfg["preprocess_jobs"] = 2
+    # 30 steps keep the test short; such an LAQ cannot pass the report's gate (the gate has
+    # its own tests), so labelling is told to go on anyway
+    cfg["overrides"]["train_laq"] = [
+        "training.max_steps=30",
+        "training.checkpoint_every_n_steps=10",
+        "training.validation.every_n_steps=10",
+    ]
+    cfg["overrides"]["label_latents"] = ["label.allow_failed_gate=true"]
     (project / "test.yaml").write_text(yaml.safe_dump(cfg))
     smk(["--cores", "2", "--configfile", "test.yaml"], cwd=project, env=env_for(project))
     demo = project / "results/demo"
@@ -171,3 +180,13 @@ def test_demo_workflow_end_to_end(project):
     instructions = {c["meta"]["instruction"] for c in clips}
     assert instructions <= {"open the drawer", "press the button from the top"}
     assert all(decode_actions(c).shape[1] == 8 for c in clips)  # 2 sim steps x 4 dims
+
+    # stage 1 and the labels
+    assert json.loads((project / "results/laq/metrics.json").read_text())["global_step"] == 30
+    report = json.loads((project / "results/laq_report/report.json").read_text())
+    assert "gate" in report and (project / "results/laq_report/report.html").is_file()
+    labels = json.loads((project / "results/labels/index.json").read_text())
+    assert labels["totals"]["pairs"] == sum(c["meta"]["num_frames"] - 2 for c in clips)
+    for stage in ("demo_videos", "preprocess", "train_laq", "laq_report", "label_latents"):
+        assert list((project / "logs" / stage).glob("*.log")), stage
+        assert list((project / "benchmarks" / stage).glob("*.tsv")), stage

@@ -180,9 +180,10 @@ class ResumableLoader:
 class LAQDataModule(L.LightningDataModule):
     """Train/val frame-pair loaders over preprocess shards (see the module docstring)."""
 
-    def __init__(self, cfg: DataConfig, shards: str | Path, seed: int = 0):
+    def __init__(self, cfg: DataConfig, shards: str | Path, seed: int = 0, world_size: int = 1):
         super().__init__()
         self.cfg = cfg
+        self.world_size = world_size  # used before a Trainer is attached (sizing the schedule)
         self.shards = str(shards)
         self.seed = seed
         self.counts: dict[str, int] = {}
@@ -195,7 +196,7 @@ class LAQDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             return trainer.global_rank, trainer.world_size
-        return 0, 1
+        return 0, self.world_size
 
     def setup(self, stage: str | None = None) -> None:
         if self.counts:  # already set up (train() sizes the schedule before fit)

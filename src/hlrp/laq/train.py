@@ -38,6 +38,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hlrp.common.cli import run
 from hlrp.common.config import LAQModelConfig, RootConfig, TrainingConfig, to_yaml
@@ -460,7 +462,8 @@ def train(cfg: RootConfig) -> dict[str, Any]:
     chash = config_hash(cfg)
     write_text(out / "config.yaml", to_yaml(cfg))
 
-    dm = LAQDataModule(cfg.data, cfg.data.shards, seed=cfg.seed)
+    world = cfg.cluster.devices * cfg.cluster.num_nodes
+    dm = LAQDataModule(cfg.data, cfg.data.shards, seed=cfg.seed, world_size=world)
     t = cfg.training
     dm.setup("fit")
     steps_per_epoch = max(1, len(dm.train_dataloader()) // max(1, t.accumulate_grad_batches))
@@ -513,7 +516,12 @@ def train(cfg: RootConfig) -> dict[str, Any]:
         num_sanity_val_steps=0,
         callbacks=callbacks,
         logger=make_loggers(out, cfg, "laq"),
-        plugins=[AtomicCheckpointIO()],
+        # Slurm: Lightning must not requeue jobs itself (Snakemake or the sbatch template
+        # resubmits them; the rerun resumes from checkpoints/last.ckpt)
+        plugins=[
+            AtomicCheckpointIO(),
+            *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []),
+        ],
         enable_progress_bar=interactive,
         enable_model_summary=interactive,
         use_distributed_sampler=False,
@@ -522,7 +530,14 @@ def train(cfg: RootConfig) -> dict[str, Any]:
     if resume:
         log.info("resuming from %s", resume)
     # our own checkpoints hold RNG states (numpy arrays): not loadable with weights_only=True
-    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=False)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=False)
+    except SIGTERMException as e:  # scancel, a time limit: fail, so the job is retried/resumed
+        log.error(
+            "terminated at step %d; the next run resumes from the last checkpoint",
+            trainer.global_step,
+        )
+        raise SystemExit(143) from e
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if t.validation.every_n_steps > 0 and dm.val_dataloader():  # final validation, all ranks

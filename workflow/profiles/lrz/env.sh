@@ -5,3 +5,5 @@
 export HLRP_SLURM_ACCOUNT
 export HLRP_CPU_PARTITION="${HLRP_CPU_PARTITION:-lrz-cpu}"
 export HLRP_GPU_PARTITION="${HLRP_GPU_PARTITION:-lrz-hgx-h100-94x4}"
+# QOS of the CPU rules: LRZ's lrz-cpu partition wants --qos=cpu; set it empty for none.
+export HLRP_CPU_QOS="${HLRP_CPU_QOS-cpu}"
