@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake all
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores all all
 	@echo "demo shards: results/shards/index.json"
 
 test: setup

@@ -173,7 +173,7 @@ def _ckpt_step(path: Path) -> int:
 
 @pytest.mark.slow
 def test_killed_training_resumes_exactly(shards, tmp_path):
-    steps = 120
+    steps = 300  # long enough that the kill lands mid-run
     ref = tmp_path / "ref"
     subprocess.run(_run_cmd(shards, ref, steps), check=True, capture_output=True)
     reference = metrics_by_step(ref)
@@ -202,6 +202,12 @@ def test_killed_training_resumes_exactly(shards, tmp_path):
     assert after and all(s in resumed for s in after)
     for s in after:
         assert resumed[s] == pytest.approx(reference[s], rel=1e-5, abs=1e-7), s
+    # the killed attempt's log rows are kept beside the resumed one's
+    before = {}
+    for path in (out / "logs").glob("metrics.attempt*.csv"):
+        with open(path, newline="") as f:
+            before.update({int(r["step"]): r for r in csv.DictReader(f) if r.get("train/loss")})
+    assert min(before) == 0 and max(before) >= killed_at - 1
     final = torch.load(out / "laq.ckpt", weights_only=False)
     ref_final = torch.load(ref / "laq.ckpt", weights_only=False)
     assert final["global_step"] == ref_final["global_step"] == steps

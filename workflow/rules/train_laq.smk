@@ -32,7 +32,8 @@ rule train_laq:
         # the Slurm plugin takes one of tasks_per_node (> 1) or tasks for an srun job
         tasks_per_node=LAQ_GPUS if LAQ_GPUS > 1 else 0,
         tasks=LAQ_TASKS if LAQ_GPUS == 1 else 0,
-        tasks_per_gpu=1,
+        # --ntasks-per-gpu excludes --ntasks-per-node: only for the one-task-per-GPU tasks= form
+        tasks_per_gpu=1 if LAQ_GPUS == 1 else 0,
         mpi=config["launcher"] if LAQ_TASKS > 1 else "",
         mem_mb=32000,
         runtime=24 * 60,

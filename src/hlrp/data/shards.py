@@ -25,6 +25,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -224,10 +225,16 @@ class ClipStream(torch.utils.data.IterableDataset):
             raise ValueError("resampled=True needs epoch_size (samples per reader per epoch)")
         self.epoch_size = epoch_size
         self.transform = transform
-        self.epoch = 0
+        # shared with DataLoader workers forked from this process, so persistent workers see
+        # the epoch set in the main process
+        self._epoch = mp.RawValue("q", 0)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.value = epoch
 
     def _reader(self) -> tuple[int, int]:
         rank, world = _rank_world()

@@ -22,6 +22,7 @@ exact batch where the killed run stopped.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,22 @@ class ResumableLoader:
         self._skip = int(state["served"])
 
 
+def _loader(dataset, batch_size: int, workers: int, sampler=None) -> DataLoader:
+    """One DataLoader for all epochs: workers persist (forked, so they share the epoch)."""
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra = {"persistent_workers": True, "multiprocessing_context": mp.get_context("fork")}
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=False,
+        **extra,
+    )
+
+
 class LAQDataModule(L.LightningDataModule):
     """Train/val frame-pair loaders over preprocess shards (see the module docstring)."""
 
@@ -235,17 +252,12 @@ class LAQDataModule(L.LightningDataModule):
                 return None
             bs = min(c.batch_size, len(ds))
 
+            sampler = DistributedSampler(ds, world, rank, shuffle=train, seed=self.seed)
+            loader = _loader(ds, bs, 0 if len(ds) < 64 else workers, sampler=sampler)
+
             def make(epoch: int) -> DataLoader:
-                sampler = DistributedSampler(ds, world, rank, shuffle=train, seed=self.seed)
                 sampler.set_epoch(epoch)
-                return DataLoader(
-                    ds,
-                    batch_size=bs,
-                    sampler=sampler,
-                    num_workers=0 if len(ds) < 64 else workers,
-                    collate_fn=collate,
-                    drop_last=False,
-                )
+                return loader
 
             per_rank = -(-len(ds) // world)
             return ResumableLoader(make, -(-per_rank // bs))
@@ -275,15 +287,11 @@ class LAQDataModule(L.LightningDataModule):
             world_size=world,
         )
 
+        loader = _loader(stream, c.batch_size, workers)
+
         def make(epoch: int) -> DataLoader:
             stream.set_epoch(epoch if train else 0)
-            return DataLoader(
-                stream,
-                batch_size=c.batch_size,
-                num_workers=workers,
-                collate_fn=collate,
-                persistent_workers=False,
-            )
+            return loader
 
         per_rank = (
             -(-items_per_epoch // world) if epoch_size is None else epoch_size * max(1, workers)

@@ -408,8 +408,17 @@ def load_laq(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
     return model.eval()
 
 
+def keep_previous_metrics(log_dir: Path) -> None:
+    """Lightning's CSV logger starts metrics.csv afresh: keep the killed run's rows aside."""
+    current = log_dir / "metrics.csv"
+    if current.is_file():
+        n = len(list(log_dir.glob("metrics.attempt*.csv")))
+        os.replace(current, log_dir / f"metrics.attempt{n + 1}.csv")
+
+
 def save_training_plot(metrics_csv: Path, out_png: Path) -> None:
-    """Loss / PSNR / codebook-use curves from the CSV log, for people rather than parsers."""
+    """Loss / PSNR / codebook-use curves from the CSV logs (every attempt of a resumed run),
+    for people rather than parsers."""
     import csv
 
     import matplotlib
@@ -418,11 +427,12 @@ def save_training_plot(metrics_csv: Path, out_png: Path) -> None:
     import matplotlib.pyplot as plt
 
     series: dict[str, list[tuple[int, float]]] = {}
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            for k, v in row.items():
-                if k != "step" and v not in ("", None) and row.get("step"):
-                    series.setdefault(k, []).append((int(float(row["step"])), float(v)))
+    for path in [*sorted(metrics_csv.parent.glob("metrics.attempt*.csv")), metrics_csv]:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                for k, v in row.items():
+                    if k != "step" and v not in ("", None) and row.get("step"):
+                        series.setdefault(k, []).append((int(float(row["step"])), float(v)))
     panels = [
         ("train/mse", "val/mse", "MSE (log)", True),
         ("train/psnr", "val/psnr", "PSNR dB", False),
@@ -526,9 +536,19 @@ def train(cfg: RootConfig) -> dict[str, Any]:
         enable_model_summary=interactive,
         use_distributed_sampler=False,
     )
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    log.info(
+        "rank %d of %d, %s x %d node(s), cluster environment %s",
+        trainer.global_rank,
+        trainer.world_size,
+        cl.devices,
+        cl.num_nodes,
+        type(env).__name__,
+    )
     resume = find_resume(out, chash)
     if resume:
         log.info("resuming from %s", resume)
+        keep_previous_metrics(out / "logs")
     # our own checkpoints hold RNG states (numpy arrays): not loadable with weights_only=True
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=False)
