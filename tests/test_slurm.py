@@ -390,4 +390,5 @@ def test_multinode_train_laq_geometry_is_validated_by_slurmctld(sbatch_calls):
     assert {"--nodes=1", "--ntasks-per-node=4", "--gres=gpu:4"} <= set(argv), argv
     answer = sbatch_test_only(argv)
     assert answer.returncode == 0, answer
-    assert re.search(rf"using 16 processors on nodes \S+ in partition {PARTITION}", answer.stderr)
+    # 4 GPUs x cpus_per_gpu 16 of the lrz profile
+    assert re.search(rf"using 64 processors on nodes \S+ in partition {PARTITION}", answer.stderr)

@@ -378,6 +378,21 @@ def find_resume(out: Path, chash: str) -> str | None:
     return max(mine)[1] if mine else None
 
 
+class KillAtStep(Callback):
+    """Fault injection for resume tests: ``HLRP_FAULT_KILL_AT_STEP=N`` SIGKILLs this process
+    at the start of the first batch after optimizer step N (after step N's checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            import signal
+
+            log.warning("HLRP_FAULT_KILL_AT_STEP=%d: killing myself", self.step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class StampConfig(Callback):
     """Store the config hash in every checkpoint (checked before resuming)."""
 
@@ -506,6 +521,8 @@ def train(cfg: RootConfig) -> dict[str, Any]:
             t.validation.visualize_train,
         ),
     ]
+    if os.environ.get("HLRP_FAULT_KILL_AT_STEP"):
+        callbacks.append(KillAtStep(int(os.environ["HLRP_FAULT_KILL_AT_STEP"])))
     interactive = sys.stderr.isatty()
     if not interactive:
         callbacks.append(LogProgress(t.log_every_n_steps, total_steps))
