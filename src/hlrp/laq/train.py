@@ -328,25 +328,32 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def make_loggers(out: Path, cfg: RootConfig, name: str) -> list:
+    """CSV always; wandb unless disabled (``cluster.wandb_mode=disabled`` wins over the
+    environment, else ``WANDB_MODE`` wins over the config). Online runs resume their wandb run
+    after a restart; offline runs start a new offline run per attempt (an offline run cannot
+    be reopened), which ``wandb sync`` uploads side by side."""
     loggers: list = [CSVLogger(str(out), name="logs", version="")]
-    mode = os.environ.get("WANDB_MODE", cfg.cluster.wandb_mode)
+    mode = cfg.cluster.wandb_mode
     if mode != "disabled":
-        try:
-            from lightning.pytorch.loggers import WandbLogger
-
-            os.environ.setdefault("WANDB_MODE", mode)
-            loggers.append(
-                WandbLogger(
-                    project="hlrp",
-                    name=f"{name}-{cfg.name}",
-                    save_dir=str(out),
-                    id=f"{name}-{config_hash(cfg)}",
-                    resume="allow",
-                    config=asdict(cfg),
-                )
-            )
-        except (ImportError, ModuleNotFoundError):
-            log.warning("wandb is not installed: logging to CSV only")
+        mode = os.environ.get("WANDB_MODE", mode)
+    if mode == "disabled":
+        return loggers
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:
+        log.warning("wandb is not installed: logging to CSV only")
+        return loggers
+    os.environ["WANDB_MODE"] = mode
+    resume = {"id": f"{name}-{config_hash(cfg)}", "resume": "allow"} if mode == "online" else {}
+    loggers.append(
+        WandbLogger(
+            project="hlrp",
+            name=f"{name}-{cfg.name}",
+            save_dir=str(out),
+            config=asdict(cfg),
+            **resume,
+        )
+    )
     return loggers
 
 
