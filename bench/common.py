@@ -57,3 +57,15 @@ def save(name: str, result: dict) -> Path:
     print(json.dumps(result, indent=2))
     print(f"wrote {path}", file=sys.stderr)
     return path
+
+
+def demo_shards(cfg, tmp: Path) -> Path:
+    """Render the demo corpus of ``cfg`` and preprocess it into ``tmp/shards``."""
+    from hlrp.data.preprocess import preprocess
+    from hlrp.sim.demo_videos import generate
+
+    generate(cfg.demo, tmp / "demo", workers=2)
+    preprocess(
+        tmp / "demo" / "videos", tmp / "shards", cfg.data.preprocess, cfg.data.offsets, workers=2
+    )
+    return tmp / "shards"

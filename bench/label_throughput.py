@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common import save
+from common import demo_shards, save
 from hlrp.common.config import load
 from hlrp.laq.label import label
 from hlrp.laq.model import LAQ
@@ -42,20 +42,7 @@ def main() -> None:
         ]
     )
     with tempfile.TemporaryDirectory() as tmp:
-        shards = args.shards
-        if shards is None:
-            from hlrp.data.preprocess import preprocess
-            from hlrp.sim.demo_videos import generate
-
-            generate(cfg.demo, Path(tmp) / "demo", workers=2)
-            preprocess(
-                Path(tmp) / "demo" / "videos",
-                Path(tmp) / "shards",
-                cfg.data.preprocess,
-                cfg.data.offsets,
-                workers=2,
-            )
-            shards = Path(tmp) / "shards"
+        shards = args.shards or demo_shards(cfg, Path(tmp))
         torch.manual_seed(0)
         ckpt = Path(tmp) / "laq.ckpt"
         torch.save(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from common import save
+from common import demo_shards, save
 from hlrp.common.config import load
 from hlrp.data.shards import ClipStream, decode_frames, frame_pairs
 
@@ -52,20 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load(["experiment=demo_tiny"])
     with tempfile.TemporaryDirectory() as tmp:
-        shards = args.shards
-        if shards is None:
-            from hlrp.data.preprocess import preprocess
-            from hlrp.sim.demo_videos import generate
-
-            generate(cfg.demo, Path(tmp) / "demo", workers=2)
-            preprocess(
-                Path(tmp) / "demo" / "videos",
-                Path(tmp) / "shards",
-                cfg.data.preprocess,
-                cfg.data.offsets,
-                workers=2,
-            )
-            shards = Path(tmp) / "shards"
+        shards = args.shards or demo_shards(cfg, Path(tmp))
         clips = ClipStream(shards, shuffle=64, transform=all_frames)
         n_clips, t_clips = measure(clips, args.workers, args.seconds, None)
         pairs = ClipStream(
