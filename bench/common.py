@@ -65,7 +65,20 @@ def demo_shards(cfg, tmp: Path) -> Path:
     from hlrp.sim.demo_videos import generate
 
     generate(cfg.demo, tmp / "demo", workers=2)
-    preprocess(
-        tmp / "demo" / "videos", tmp / "shards", cfg.data.preprocess, cfg.data.offsets, workers=2
-    )
+    preprocess(tmp / "demo" / "videos", tmp / "shards", cfg.data.preprocess, workers=2)
+    return tmp / "shards"
+
+
+def synthetic_shards(tmp: Path, resolution: int, videos: int = 16, frames: int = 64) -> Path:
+    """Moving-square videos (tests/videos.py) at ``resolution``, preprocessed into
+    ``tmp/shards``: benchmark data that needs no simulator (a GPU node without EGL)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from hlrp.common.config import PreprocessConfig
+    from hlrp.data.preprocess import preprocess
+    from videos import moving_square, write_video
+
+    for i in range(videos):
+        write_video(tmp / "videos" / f"v{i:03d}.mp4", moving_square(frames, 320, 256, seed=i), 20)
+    cfg = PreprocessConfig(fps=20, resolution=resolution, min_motion=0.0, min_clip_frames=3)
+    preprocess(tmp / "videos", tmp / "shards", cfg, workers=2)
     return tmp / "shards"

@@ -1,8 +1,10 @@
 """Labelling throughput: labelled pairs/s of `hlrp.laq.label` (encoder + shard I/O).
 
     python bench/label_throughput.py [--model laq_small] [--shards PATH] [--workers 1]
+    python bench/label_throughput.py --model laq --image-size 224 --synthetic   # laq_full, GPU
 
-Without --shards it renders and preprocesses the demo corpus into a temp folder first.
+Without --shards it renders and preprocesses the demo corpus into a temp folder first
+(--synthetic: moving-square videos at the model's resolution instead, no simulator needed).
 A randomly initialised LAQ of the given size labels every (t, t+k) pair of every shard; the
 figure includes reading and decoding the clips and writing the labelled shards. Compare with
 bench/laq_train_throughput.py on the same machine and model (the issue's target on a GPU:
@@ -14,13 +16,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from common import demo_shards, save
+from common import demo_shards, save, synthetic_shards
 from hlrp.common.config import load
+from hlrp.laq.export import export_laq
 from hlrp.laq.label import label
 from hlrp.laq.model import LAQ
 
@@ -32,31 +34,34 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--synthetic", action="store_true", help="moving squares, not the demo")
     args = ap.parse_args()
     cfg = load(
         [
             "experiment=demo_tiny",
-            f"model={args.model}",
-            f"label.batch_size={args.batch}",
-            f"label.image_size={args.image_size}",
+            f"model@laq.model={args.model}",
+            f"laq.label.batch_size={args.batch}",
+            f"laq.label.image_size={args.image_size}",
         ]
     )
     with tempfile.TemporaryDirectory() as tmp:
-        shards = args.shards or demo_shards(cfg, Path(tmp))
+        if args.shards:
+            shards = args.shards
+        elif args.synthetic:
+            shards = synthetic_shards(Path(tmp), cfg.laq.model.image_size)
+        else:
+            shards = demo_shards(cfg, Path(tmp))
         torch.manual_seed(0)
         ckpt = Path(tmp) / "laq.ckpt"
-        torch.save(
-            {
-                "model_config": asdict(cfg.model),
-                "state_dict": LAQ(cfg.model).state_dict(),
-                "global_step": 0,
-                "config_hash": "bench",
-            },
-            ckpt,
-        )
+        export_laq(ckpt, LAQ(cfg.laq.model), "bench", 0)
         t0 = time.perf_counter()
         index = label(
-            ckpt, shards, Path(tmp) / "labels", cfg.label, cfg.data.offsets[0], workers=args.workers
+            ckpt,
+            shards,
+            Path(tmp) / "labels",
+            cfg.laq.label,
+            cfg.laq.data.offsets[0],
+            workers=args.workers,
         )
         seconds = time.perf_counter() - t0
         device = (

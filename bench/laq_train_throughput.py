@@ -53,7 +53,9 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
-    cfg = load([f"model={args.model}", f"model.compile={str(args.compile).lower()}"]).model
+    cfg = load(
+        [f"model@laq.model={args.model}", f"laq.model.compile={str(args.compile).lower()}"]
+    ).laq.model
     dev = torch.device(args.device)
     torch.manual_seed(0)
     model = maybe_compile(LAQ(cfg).to(dev), cfg)

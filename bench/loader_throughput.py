@@ -56,7 +56,9 @@ def main() -> None:
         clips = ClipStream(shards, shuffle=64, transform=all_frames)
         n_clips, t_clips = measure(clips, args.workers, args.seconds, None)
         pairs = ClipStream(
-            shards, shuffle=64, transform=frame_pairs(cfg.data.offsets, cfg.data.pairs_per_clip)
+            shards,
+            shuffle=64,
+            transform=frame_pairs(cfg.laq.data.offsets, cfg.laq.data.pairs_per_clip),
         )
         n_pairs, t_pairs = measure(pairs, args.workers, args.seconds, args.batch_size)
         save(
@@ -66,7 +68,7 @@ def main() -> None:
                 "resolution": cfg.data.preprocess.resolution,
                 "workers": args.workers,
                 "batch_size": args.batch_size,
-                "pairs_per_clip": cfg.data.pairs_per_clip,
+                "pairs_per_clip": cfg.laq.data.pairs_per_clip,
                 "clips_per_s": round(n_clips / t_clips, 1),
                 "frame_pairs_per_s": round(n_pairs / t_pairs, 1),
             },

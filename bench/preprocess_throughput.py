@@ -68,7 +68,6 @@ def main() -> None:
                 videos_dir,
                 Path(tmp) / f"out{r}",
                 cfg.data.preprocess,
-                cfg.data.offsets,
                 workers=args.workers,
             )
             pre_runs.append(m["totals"]["seconds"])

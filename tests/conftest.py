@@ -71,3 +71,15 @@ def make_small_corpus(root: Path, n: int = 4, frames: int = 60) -> Path:
 @pytest.fixture
 def small_corpus(tmp_path) -> Path:
     return make_small_corpus(tmp_path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run where CUDA is; elsewhere they are skipped, saying why."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (bench/gpu_suite.sh runs these)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

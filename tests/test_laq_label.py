@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from hlrp.common.config import LabelConfig, load
 from hlrp.data.preprocess import preprocess
 from hlrp.data.shards import iter_clips, resolve_shards
 from hlrp.laq import label as LB
+from hlrp.laq.export import export_laq, load_laq
 from hlrp.laq.model import LAQ
 
 TINY = MICRO_LAQ
@@ -28,16 +30,7 @@ TINY = MICRO_LAQ
 
 def save_laq(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    model = LAQ(TINY)
-    torch.save(
-        {
-            "model_config": asdict(TINY),
-            "state_dict": model.state_dict(),
-            "global_step": 0,
-            "config_hash": f"seed{seed}",
-        },
-        path,
-    )
+    export_laq(path, LAQ(TINY), f"seed{seed}", 0)
     return path
 
 
@@ -49,7 +42,7 @@ def corpus(tmp_path_factory):
         [
             "data.preprocess.resolution=32",
             "data.preprocess.fps=10",
-            "data.offsets=[2]",
+            "data.preprocess.min_clip_frames=3",
             "data.preprocess.shard_size_mb=0.001",
         ]
     )  # one clip per shard: 6 shards
@@ -57,7 +50,6 @@ def corpus(tmp_path_factory):
         root / "videos",
         root / "shards",
         c.data.preprocess,
-        c.data.offsets,
         workers=1,
         actions_dir=root / "actions",
     )
@@ -106,8 +98,7 @@ def test_codes_match_the_model(corpus, tmp_path):
     meta = json.loads(sample["json"])
     clip = next(c for c in iter_clips(shards) if c["__key__"] == meta["clip_key"])
     from hlrp.data.shards import decode_frames
-    from hlrp.laq.data import to_model_input
-    from hlrp.laq.train import load_laq
+    from hlrp.laq.model import to_model_input
 
     frames = torch.from_numpy(decode_frames(clip, (meta["t"], meta["t"] + 2)))[None]
     codes, _ = load_laq(ckpt).encode_actions(to_model_input(frames, 32))
@@ -123,9 +114,35 @@ def test_another_checkpoint_writes_elsewhere(corpus, tmp_path):
     )
     assert first["laq_hash"] != other["laq_hash"]
     dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert dirs == sorted({f"laq-{first['laq_hash'][:16]}", f"laq-{other['laq_hash'][:16]}"})
+    assert dirs == sorted({f"labels-{first['labels_key']}", f"labels-{other['labels_key']}"})
     # the top index points at the newest labels only, and every sample carries that hash
     assert {json.loads(s["json"])["laq_hash"] for s in read_labels(out)} == {other["laq_hash"]}
+
+
+def test_labels_are_keyed_by_everything_that_defines_them(corpus, tmp_path):
+    """Another image size, offset or JPEG quality with the same LAQ writes a new folder,
+    and index.json states what the labels were made with; a faster batch size does not."""
+    shards, ckpt = corpus
+    out = tmp_path / "labels"
+    base = LB.label(ckpt, shards, out, LabelConfig(image_size=32), offset=2)
+    keys = {base["labels_key"]}
+    for cfg, offset in [
+        (LabelConfig(image_size=24), 2),
+        (LabelConfig(image_size=32), 1),
+        (LabelConfig(image_size=32, jpeg_quality=80), 2),
+    ]:
+        index = LB.label(ckpt, shards, out, cfg, offset=offset)
+        assert index["labels_key"] not in keys and index["totals"]["labelled_now"] > 0
+        keys.add(index["labels_key"])
+        top = json.loads((out / "index.json").read_text())
+        assert (top["image_size"], top["offset"]) == (cfg.image_size, offset)
+        sample = read_labels(out)[0]
+        from PIL import Image
+
+        assert Image.open(io.BytesIO(sample["jpg"])).size == (cfg.image_size,) * 2
+    again = LB.label(ckpt, shards, out, LabelConfig(image_size=32, batch_size=3), offset=2)
+    assert again["labels_key"] == base["labels_key"] and again["totals"]["labelled_now"] == 0
+    assert (again["codebook_size"], again["code_seq_len"]) == (8, 2)
 
 
 def test_a_crash_keeps_finished_shards(corpus, tmp_path, monkeypatch):
@@ -145,8 +162,8 @@ def test_a_crash_keeps_finished_shards(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(LB, "label_shard", crash_on_third)
     with pytest.raises(RuntimeError, match="node died"):
         LB.label(ckpt, shards, out, LabelConfig(image_size=32), offset=2)
-    done = sorted((out).glob("laq-*/*.tar"))
-    assert len(done) == 2 and not list(out.glob("laq-*/.*"))  # no half-written shard visible
+    done = sorted((out).glob("labels-*/*.tar"))
+    assert len(done) == 2 and not list(out.glob("labels-*/.*"))  # no half-written shard visible
     stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done}
 
     calls.clear()
@@ -168,7 +185,7 @@ def test_killed_labelling_resumes(corpus, tmp_path):
         sys.executable,
         "-m",
         "hlrp.laq.label",
-        f"laq={ckpt}",
+        f"laq_ckpt={ckpt}",
         f"data.shards={shards}",
         f"output_dir={out}",
         "label.batch_size=2",
@@ -179,17 +196,17 @@ def test_killed_labelling_resumes(corpus, tmp_path):
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.time() + 120
-    while not list(out.glob("laq-*/*.tar")) and time.time() < deadline:
+    while not list(out.glob("labels-*/*.tar")) and time.time() < deadline:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = {p: p.stat().st_mtime_ns for p in out.glob("laq-*/*.tar")}
+    before = {p: p.stat().st_mtime_ns for p in out.glob("labels-*/*.tar")}
     assert 1 <= len(before) < len(resolve_shards(shards))
     subprocess.run(cmd, check=True, capture_output=True)
-    after = {p: p.stat().st_mtime_ns for p in out.glob("laq-*/*.tar")}
+    after = {p: p.stat().st_mtime_ns for p in out.glob("labels-*/*.tar")}
     assert len(after) == len(resolve_shards(shards))
     assert all(after[p] == t for p, t in before.items())
-    assert not list(out.glob("laq-*/.*.tmp"))
+    assert not list(out.glob("labels-*/.*.tmp"))
 
 
 def test_gate_blocks_labelling(corpus, tmp_path):
@@ -201,7 +218,7 @@ def test_gate_blocks_labelling(corpus, tmp_path):
         )
     )
     args = [
-        f"laq={ckpt}",
+        f"laq_ckpt={ckpt}",
         f"data.shards={shards}",
         f"output_dir={tmp_path / 'labels'}",
         f"report={report}",
@@ -236,7 +253,7 @@ def test_collapsed_laq_is_stopped_by_the_gate(corpus, tmp_path):
         },
         ckpt,
     )
-    common = [f"laq={ckpt}", f"data.shards={shards}", "data.offsets=[2]", "data.val_split=0.0"]
+    common = [f"laq_ckpt={ckpt}", f"data.shards={shards}", "data.offsets=[2]", "data.val_split=0.0"]
     assert R.main([*common, f"output_dir={tmp_path / 'report'}"]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["gate"]["passed"] is False

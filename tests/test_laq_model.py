@@ -11,8 +11,8 @@ from hlrp.common.config import LAQModelConfig, load
 from hlrp.laq.model import LAQ, action_grid, maybe_compile
 from hlrp.laq.quantizers import NSVQ, EMAVectorQuantizer, FSQQuantizer, build_quantizer
 
-TINY = load(["model=laq_tiny"]).model  # config/model/laq_tiny.yaml
-FULL = load(["model=laq"]).model  # config/model/laq.yaml: LAPA's published size
+TINY = load(["model=laq_tiny"], stage="laq").laq.model  # config/model/laq_tiny.yaml
+FULL = load(["model=laq"], stage="laq").laq.model  # config/model/laq.yaml: LAPA's published size
 
 
 def tiny(**kw) -> LAQModelConfig:

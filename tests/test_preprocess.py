@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +14,24 @@ import pytest
 from hlrp.common.config import load
 from hlrp.data import preprocess as P
 from hlrp.data.shards import decode_actions, decode_frames, iter_clips
+from hlrp.data.video import list_videos, relative_name
 from videos import moving_square, write_video
 
 
 def cfg(*overrides):
     return load(
-        ["data.preprocess.resolution=32", "data.preprocess.fps=10", "data.offsets=[2]", *overrides]
+        [
+            "data.preprocess.resolution=32",
+            "data.preprocess.fps=10",
+            "data.preprocess.min_clip_frames=3",
+            *overrides,
+        ]
     )
 
 
 def run(input_dir, out, *overrides, workers=2, **kw):
     c = cfg(*overrides)
-    return P.preprocess(input_dir, out, c.data.preprocess, c.data.offsets, workers=workers, **kw)
+    return P.preprocess(input_dir, out, c.data.preprocess, workers=workers, **kw)
 
 
 def test_every_bad_input_is_processed_or_skipped_with_a_reason(bad_corpus, tmp_path):
@@ -161,3 +169,101 @@ def test_cli_requires_paths(capsys):
     assert P.main(["input_dir=/nonexistent"]) == 2
     with pytest.raises(FileNotFoundError, match="does not exist"):
         P.main(["input_dir=/nonexistent", "output_dir=/tmp/x"])
+
+
+# --------------------------------------------------------------------------------------
+# symlinks and input lists: one name per video, wherever it is computed
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def link_corpus(tmp_path):
+    """A folder with a real video, a link to it, a link to a video outside, a dangling link."""
+    root = tmp_path / "videos"
+    write_video(root / "real.mp4", moving_square(30, 96, 64, seed=1), fps=10)
+    write_video(tmp_path / "elsewhere" / "far.mp4", moving_square(30, 96, 64, seed=2), fps=10)
+    (root / "links").mkdir()
+    (root / "links" / "outside link.mp4").symlink_to(tmp_path / "elsewhere" / "far.mp4")
+    (root / "links" / "inside.mp4").symlink_to(Path("..") / "real.mp4")
+    (root / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    names = ["dangling.mp4", "links/inside.mp4", "links/outside link.mp4", "real.mp4"]
+    with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "instruction"])
+        w.writeheader()
+        w.writerows({"file": n, "instruction": f"do {n}"} for n in names)
+    return root, names
+
+
+def test_symlinks_keep_their_link_name_everywhere(link_corpus, tmp_path):
+    root, names = link_corpus
+    listed = list_videos(root, [".mp4"])
+    assert [relative_name(root, p) for p in listed] == names
+    manifest = run(root, tmp_path / "out")
+    by_file = {v["file"]: v for v in manifest["videos"]}
+    assert sorted(by_file) == names
+    assert by_file["dangling.mp4"]["status"] == "skipped"
+    assert by_file["dangling.mp4"]["reason"].startswith("dangling symlink")
+    assert str(tmp_path / "gone.mp4") in by_file["dangling.mp4"]["reason"]
+    for name in names[1:]:
+        assert by_file[name]["status"] == "ok", by_file[name]
+    clips = {c["meta"]["source"]: c["meta"] for c in iter_clips(tmp_path / "out")}
+    assert sorted(clips) == names[1:]  # the inside link is a video of its own name
+    for name, meta in clips.items():
+        assert meta["video_id"] == P.video_id(name)
+        assert meta["instruction"] == f"do {name}"
+
+    # the CLI's chunks agree with chunk_of on the same names, the dangling link included
+    seen = []
+    for chunk in range(3):
+        out = tmp_path / f"part-{chunk}"
+        args = [f"input_dir={root}", f"output_dir={out}", f"chunk={chunk}", "num_chunks=3"]
+        assert P.main([*args, "data.preprocess.resolution=32", "workers=1"]) == 0
+        for v in json.loads((out / "manifest.json").read_text())["videos"]:
+            assert P.chunk_of(v["file"], 3) == chunk
+            seen.append(v["file"])
+    assert sorted(seen) == names
+
+
+def test_relative_name_never_resolves_the_file(link_corpus, tmp_path):
+    root, _ = link_corpus
+    link = root / "links" / "outside link.mp4"
+    assert relative_name(root, link) == "links/outside link.mp4"
+    # the folder given through a linked path: still the link's own name
+    (tmp_path / "alias").symlink_to(root)
+    assert relative_name(tmp_path / "alias", link) == "links/outside link.mp4"
+    assert relative_name(root, tmp_path / "alias" / "real.mp4") == "real.mp4"
+    with pytest.raises(ValueError, match="not under the input folder"):
+        relative_name(root, tmp_path / "elsewhere" / "far.mp4")
+
+
+def test_input_list_processes_exactly_the_listed_files(small_corpus, tmp_path):
+    videos = small_corpus / "videos"
+    odd = 'it\'s $HOME, a=b "q" 東京.mp4'  # quotes, $, comma, =, non-ASCII, spaces
+    shutil.copy(videos / "clip_2.mp4", videos / odd)
+    listed = ["sub/clip_3.mp4", odd, "missing.mp4", "clip_0.mp4"]
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join(listed) + "\n\n", encoding="utf-8")
+    assert P.read_input_list(lst) == listed
+    out = tmp_path / "out"
+    args = [f"input_dir={videos}", f"input_list={lst}", f"output_dir={out}", "workers=1"]
+    assert P.main([*args, "data.preprocess.resolution=32"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_file = {v["file"]: v for v in manifest["videos"]}
+    assert list(by_file) == listed  # exactly the list, in its order
+    assert by_file["missing.mp4"]["status"] == "skipped"
+    assert by_file["missing.mp4"]["reason"] == "file does not exist"
+    assert [by_file[n]["status"] for n in listed if n != "missing.mp4"] == ["ok"] * 3
+    metas = {c["meta"]["source"]: c["meta"] for c in iter_clips(out)}
+    assert metas["sub/clip_3.mp4"]["instruction"] == "move the square 3"
+    assert metas[odd]["video_id"] == P.video_id(odd) and metas[odd]["instruction"] == ""
+
+
+def test_input_list_outside_the_folder_is_skipped(small_corpus, tmp_path):
+    videos = small_corpus / "videos"
+    stray = tmp_path / "stray.mp4"
+    shutil.copy(videos / "clip_0.mp4", stray)
+    c = cfg()
+    manifest = P.preprocess(
+        videos, tmp_path / "out", c.data.preprocess, videos=[stray, "clip_0.mp4"]
+    )
+    status = [(v["file"], v["status"], v.get("reason", "")) for v in manifest["videos"]]
+    assert status[1] == ("clip_0.mp4", "ok", "")
+    assert status[0][:2] == (str(stray), "skipped") and "not under the input folder" in status[0][2]

@@ -141,3 +141,52 @@ def test_pair_enumeration():
     pairs = random_pairs(5, [2, 9], 10, np.random.default_rng(0))
     assert len(pairs) == 10 and all(u - t == 2 and t >= 0 and u < 5 for t, u in pairs)
     assert random_pairs(2, [5], 3, np.random.default_rng(0)) == []
+
+
+def _pairs_keys(batches):
+    return [(k, t) for b in batches for k, t in zip(b["key"], b["t"].tolist())]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_positions_without_decoding_and_shares_it_among_workers(
+    shard_dir, workers, monkeypatch
+):
+    """With batch_size the workers share one stream (the same batches for any number of
+    workers); set_position starts mid-epoch, planning the skipped pairs without decoding."""
+    from hlrp.data import shards as shards_mod
+
+    def make():
+        return ClipStream(
+            shard_dir / "index.json",
+            shuffle=4,
+            seed=3,
+            batch_size=3,
+            transform=frame_pairs([1, 3], pairs_per_clip=2),
+        )
+
+    def batches(ds, n_workers):
+        return list(torch.utils.data.DataLoader(ds, batch_size=3, num_workers=n_workers))
+
+    ds = make()
+    ds.set_epoch(1)
+    reference = _pairs_keys(batches(ds, 0))
+    assert len(reference) == 24
+    ds = make()
+    ds.set_epoch(1)
+    assert _pairs_keys(batches(ds, workers)) == reference
+
+    calls = [0]
+    decode = shards_mod.decode_frames
+
+    def counting(sample, indices=None):
+        calls[0] += 1
+        return decode(sample, indices)
+
+    monkeypatch.setattr(shards_mod, "decode_frames", counting)
+    ds = make()
+    ds.set_position(1, 15)
+    assert (ds.epoch, ds.start) == (1, 15)
+    got = _pairs_keys(batches(ds, workers))
+    assert got == reference[15:]
+    if workers == 0:  # (workers decode in their own processes)
+        assert calls[0] == len(reference) - 15  # one decode per pair served, none skipped

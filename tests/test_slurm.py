@@ -81,7 +81,7 @@ def slurm_env(project: Path) -> dict[str, str]:
     return dict(item.split("=", 1) for item in dump.split("\0") if "=" in item)
 
 
-def smk_cmd(*args: str, profile: str = "workflow/profiles/lrz") -> list[str]:
+def smk_cmd(*args: str, profile: str = "lrz") -> list[str]:
     """snakemake with the lrz profile, then the local-cluster additions (last one wins)."""
     return [
         sys.executable,
@@ -136,6 +136,7 @@ def copy_project(dest: Path) -> Path:
     shutil.copytree(REPO / "workflow", dest / "workflow")
     shutil.copytree(REPO / "config", dest / "config")
     shutil.copy(REPO / "environment.yml", dest / "environment.yml")
+    shutil.copy(REPO / "lrz", dest / "lrz", follow_symlinks=False)  # `--profile lrz`
     return dest
 
 

@@ -60,6 +60,7 @@ def project(tmp_path):
     shutil.copytree(REPO / "workflow", tmp_path / "workflow")
     shutil.copytree(REPO / "config", tmp_path / "config")
     shutil.copy(REPO / "environment.yml", tmp_path / "environment.yml")
+    shutil.copy(REPO / "lrz", tmp_path / "lrz", follow_symlinks=False)
     return tmp_path
 
 
@@ -72,20 +73,17 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition" in out
 
 
-def test_dry_run_lists_the_demo_pipeline():
-    out = smk(["-n", "all"], cwd=REPO, env={"SNAKEMAKE_OUTPUT_CACHE": ""})
-    counts = job_counts(out)
-    if counts:  # a previous `make demo` may have built everything already
-        stages = {
-            "demo_videos",
-            "preprocess",
-            "shard_index",
-            "train_laq",
-            "laq_report",
-            "label_latents",
-            "all",
-        }
-        assert set(counts) <= stages
+def test_dry_run_lists_the_demo_pipeline(project):
+    out = smk(["-n", "all"], cwd=project, env=env_for(project))
+    assert job_counts(out) == {
+        "demo_videos": 1,
+        "preprocess": 4,
+        "shard_index": 1,
+        "train_laq": 1,
+        "laq_report": 1,
+        "label_latents": 1,
+        "all": 1,
+    }
 
 
 def test_dag_renders():
@@ -111,19 +109,43 @@ def test_missing_video_folder_is_named(project):
     assert "/no/such/folder" in out and "is not a folder" in out
 
 
-def test_lrz_profile_dry_runs_without_slurm(project):
+@pytest.mark.parametrize("profile", ["lrz", "workflow/profiles/lrz"])
+def test_lrz_profile_dry_runs_without_slurm(project, profile):
+    """`snakemake --profile lrz all`, exactly as users type it, from the repository root."""
     out = smk(
-        ["--profile", "workflow/profiles/lrz", "-n", "all"],
+        ["--profile", profile, "-n", "all"],
         cwd=project,
         env={**env_for(project), "HLRP_SLURM_ACCOUNT": "pn00xx"},
     )
     counts = job_counts(out)
     assert counts["preprocess"] >= 1 and counts["demo_videos"] == 1
+    assert "slurm_partition" in out  # the profile's resources are in effect
+
+
+def test_repository_root_resolves_the_lrz_profile():
+    from snakemake.cli import get_profile_dir
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(REPO)
+        found = get_profile_dir("lrz")
+    finally:
+        os.chdir(cwd)
+    assert found is not None
+    assert Path(found[1]).resolve() == (REPO / "workflow/profiles/lrz/config.yaml").resolve()
+
+
+def test_user_override_cannot_desync_the_gpu_count(project):
+    cfg = yaml.safe_load((project / "config/workflow.yaml").read_text())
+    cfg["overrides"]["train_laq"] = ["cluster.devices=8"]
+    (project / "test.yaml").write_text(yaml.safe_dump(cfg))
+    out = smk(["-n", "--configfile", "test.yaml"], cwd=project, env=env_for(project), check=False)
+    assert "cluster.devices=8" in out and "gpus_per_node" in out
 
 
 @pytest.mark.slow
 def test_incremental_runs(project):
-    videos = project / "my videos"
+    videos = project / "Robot Videos (2024), a=b $x 'q\" é"  # any name a filesystem allows
     for i in range(6):
         write_video(videos / f"v{i}.mp4", moving_square(40, 96, 64, seed=i), fps=20)
     # the preprocessing part of the DAG (LAQ on six synthetic videos is another test's topic)
@@ -159,51 +181,85 @@ def test_incremental_runs(project):
     assert job_counts(smk([*args, "-n"], cwd=project, env=env)) == {}
 
     # a change to the preprocessing config re-runs every preprocess job
-    data = project / "config/data/demo.yaml"
+    data = project / "config/preprocess/demo.yaml"
     data.write_text(data.read_text().replace("resolution: 64", "resolution: 48"))
     counts = job_counts(smk([*args, "-n"], cwd=project, env=env))
     assert counts["preprocess"] == len(list((project / "results/shards").glob("part-*")))
 
 
 @pytest.mark.slow
+def test_forced_rerun_trains_anew(project):
+    """`--forcerun train_laq` trains again (the finished run is moved aside, not deleted);
+    a plain rerun has nothing to do."""
+    videos = project / "videos"
+    for i in range(4):
+        write_video(videos / f"v{i}.mp4", moving_square(30, 96, 64, seed=i), fps=20)
+    cfg = yaml.safe_load((project / "config/workflow.yaml").read_text())
+    cfg["videos"] = str(videos)
+    cfg["preprocess_jobs"] = 1
+    cfg["overrides"]["train_laq"] = [
+        "training.max_steps=6",
+        "training.checkpoint_every_n_steps=3",
+        "training.validation.every_n_steps=0",
+        "data.val_split=0.0",
+        "cluster.wandb_mode=disabled",
+    ]
+    (project / "test.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["--cores", "2", "results/laq/laq.ckpt", "--configfile", "test.yaml"]
+    env = env_for(project)
+    smk(args, cwd=project, env=env)
+    laq = project / "results/laq"
+    first = (laq / "metrics.json").read_text()
+    assert json.loads((laq / "checkpoints/finished.json").read_text())["step"] == 6
+    assert job_counts(smk([*args, "-n"], cwd=project, env=env)) == {}
+
+    smk([*args, "--forcerun", "train_laq"], cwd=project, env=env)
+    log = (project / "logs/train_laq/train_laq.log").read_text()
+    assert "finished run of 6 steps moved aside" in log and "resuming" not in log
+    previous = laq / "previous" / "run-001"  # Snakemake removed laq.ckpt; the run is kept
+    assert (previous / "metrics.json").read_text() == first
+    assert (previous / "checkpoints/last.ckpt").is_file()
+    assert json.loads((laq / "metrics.json").read_text())["global_step"] == 6
+
+
+@pytest.mark.slow
 @pytest.mark.sim
 def test_demo_workflow_end_to_end(project):
+    """`make demo` exactly: the default workflow config, no overrides. Its LAQ must pass the
+    gate (min_probe_r2 included) on its own, without label.allow_failed_gate."""
     cfg = yaml.safe_load((project / "config/workflow.yaml").read_text())
-    cfg["overrides"]["demo_videos"] = [
-        "demo.tasks=[drawer-open-v3,button-press-topdown-v3]",
-        "demo.episodes_per_task=2",
-        "demo.resolution=64",
-    ]
-    cfg["preprocess_jobs"] = 2
-    # 30 steps keep the test short; such an LAQ cannot pass the report's gate (the gate has
-    # its own tests), so labelling is told to go on anyway
-    cfg["overrides"]["train_laq"] = [
-        "training.max_steps=30",
-        "training.checkpoint_every_n_steps=10",
-        "training.validation.every_n_steps=10",
-    ]
-    cfg["overrides"]["label_latents"] = ["label.allow_failed_gate=true"]
-    (project / "test.yaml").write_text(yaml.safe_dump(cfg))
-    smk(["--cores", "2", "--configfile", "test.yaml"], cwd=project, env=env_for(project))
+    assert not any(cfg["overrides"].values())  # the demo as shipped
+    smk(["--cores", "2", "all"], cwd=project, env=env_for(project))
     demo = project / "results/demo"
-    assert len(list((demo / "videos").glob("*.mp4"))) == 4
+    from hlrp.common.config import load
+
+    dcfg = load(["experiment=demo_tiny"]).demo
+    videos = len(dcfg.tasks) * dcfg.episodes_per_task
+    assert len(list((demo / "videos").glob("*.mp4"))) == videos
     assert (demo / "ground_truth/episodes.csv").is_file()
     index = json.loads((project / "results/shards/index.json").read_text())
-    assert index["totals"]["videos"] == 4 and index["totals"]["clips"] >= 3
+    assert index["totals"]["videos"] == videos and index["totals"]["clips"] >= videos
 
-    from hlrp.data.shards import decode_actions, iter_clips
+    from hlrp.data.shards import iter_clips
 
     clips = list(iter_clips(project / "results/shards/index.json"))
-    instructions = {c["meta"]["instruction"] for c in clips}
-    assert instructions <= {"open the drawer", "press the button from the top"}
-    assert all(decode_actions(c).shape[1] == 8 for c in clips)  # 2 sim steps x 4 dims
+    assert all(c["meta"]["has_actions"] for c in clips)
 
-    # stage 1 and the labels
-    assert json.loads((project / "results/laq/metrics.json").read_text())["global_step"] == 30
+    # stage 1: the gate passed on held-out videos, the codes carry the action
     report = json.loads((project / "results/laq_report/report.json").read_text())
-    assert "gate" in report and (project / "results/laq_report/report.html").is_file()
+    assert report["gate"]["passed"], report["gate"]["failures"]
+    probe = report["actions"]["probe"]
+    threshold = report["gate"]["thresholds"]["min_probe_r2"]
+    assert threshold is not None and probe["r2"]["codes"] >= threshold
+    assert probe["r2"]["codes"] > probe["r2"]["pixels"]
+    assert (project / "results/laq_report/report.html").is_file()
+    log = (project / "logs/label_latents/label_latents.log").read_text()
+    assert "labelling anyway" not in log
     labels = json.loads((project / "results/labels/index.json").read_text())
-    assert labels["totals"]["pairs"] == sum(c["meta"]["num_frames"] - 2 for c in clips)
+    k = labels["offset"]
+    assert labels["totals"]["pairs"] == sum(c["meta"]["num_frames"] - k for c in clips)
     for stage in ("demo_videos", "preprocess", "train_laq", "laq_report", "label_latents"):
         assert list((project / "logs" / stage).glob("*.log")), stage
         assert list((project / "benchmarks" / stage).glob("*.tsv")), stage
+    # a second run has nothing to do
+    assert job_counts(smk(["-n", "all"], cwd=project, env=env_for(project))) == {}

@@ -120,19 +120,25 @@ def _dist_version(dist: str) -> str | None:
 # --------------------------------------------------------------------------------------
 # config
 # --------------------------------------------------------------------------------------
+def experiment_cluster(cfg: Any, stages: list[str]) -> Any:
+    """Where the experiment's stage runs (its ``<stage>.cluster``; stage 1's by default)."""
+    return getattr(cfg, stages[0] if stages else "laq").cluster
+
+
 def load_experiment(experiment: str) -> tuple[Any, Check]:
     """The experiment's RootConfig (defaults when it cannot be composed) and a check row."""
-    from hlrp.common.config import RootConfig, load
+    from hlrp.common.config import RootConfig, configured_stages, load
 
     try:
         cfg = load([f"experiment={experiment}"])
+        cluster = experiment_cluster(cfg, configured_stages(cfg))
     except Exception as e:  # noqa: BLE001 - any failure is reported, defaults are used instead
         return RootConfig(), Check(
             "config", FAIL, f"experiment={experiment}: {one_line(e)}", list(STAGES)
         )
     detail = (
-        f"experiment={experiment}: accelerator={cfg.cluster.accelerator}, "
-        f"decoders={','.join(cfg.data.preprocess.decoders)}, wandb_mode={cfg.cluster.wandb_mode}"
+        f"experiment={experiment}: accelerator={cluster.accelerator}, "
+        f"decoders={','.join(cfg.data.preprocess.decoders)}, wandb_mode={cluster.wandb_mode}"
     )
     return cfg, Check("config", OK, detail, list(STAGES))
 
@@ -470,8 +476,10 @@ def run_checks(
     results_dir: str | os.PathLike = "results",
     skip_render: bool = False,
 ) -> list[Check]:
+    from hlrp.common.config import configured_stages
+
     cfg, config_check = load_experiment(experiment)
-    cluster = cfg.cluster
+    cluster = experiment_cluster(cfg, configured_stages(cfg))
     world_size = max(1, int(cluster.devices)) * max(1, int(cluster.num_nodes))
     checks = [config_check, check_python(), check_platform(), check_torch()]
     checks += check_cuda(cluster.accelerator)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from hlrp.common.config import load, to_yaml
+from hlrp.common.config import load, result_digest
+from hlrp.laq import TRAIN_RESULT_KEYS
 from hlrp.data.preprocess import chunk_of
 from hlrp.data.video import list_videos
 
@@ -31,40 +32,59 @@ def launch_prefix(tasks):
     return f"{config['launcher']} -n {tasks}" if config["launcher"] and tasks > 1 else ""
 
 
-def overrides(stage):
-    """Hydra overrides for a stage: the experiment, then the user's extra overrides."""
-    return [f"experiment={config['experiment']}", *config.get("overrides", {}).get(stage, [])]
+# Which stage namespace each rule's command belongs to (its short keys: data.x = laq.data.x).
+RULE_STAGE = {
+    "demo_videos": "laq",
+    "preprocess": "laq",
+    "train_laq": "laq",
+    "laq_report": "laq",
+    "label_latents": "laq",
+}
+# Set by the workflow from its own resource settings: a user override would desync Slurm.
+RESERVED = ("cluster.devices", "cluster.num_nodes")
 
 
-def cli_overrides(stage):
-    return " ".join(shlex.quote(o) for o in overrides(stage))
+def overrides(step):
+    """Hydra overrides for a rule: its stage's experiment, then the user's extra overrides."""
+    stage = RULE_STAGE[step]
+    extra = list(config.get("overrides", {}).get(step, []))
+    for o in extra:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if key in RESERVED or key in {f"{stage}.{r}" for r in RESERVED}:
+            raise WorkflowError(
+                f"overrides.{step}: {o!r} is set by the workflow from the rule's resources "
+                f"(config/workflow.yaml: {step}.nodes / gpus_per_node), so Slurm and the "
+                "training processes agree; set it there instead"
+            )
+    return [f"experiment={config['experiment'][stage]}", *extra]
+
+
+def cli_overrides(step):
+    return " ".join(shlex.quote(o) for o in overrides(step))
 
 
 _CFG = {}
 
 
-def stage_cfg(stage):
-    """The validated Hydra config a stage will see (composed once per stage)."""
-    if stage not in _CFG:
-        _CFG[stage] = load(overrides(stage))
-    return _CFG[stage]
+def stage_cfg(step):
+    """The validated Hydra config a rule's command will see (composed once per rule)."""
+    if step not in _CFG:
+        _CFG[step] = load(overrides(step), stage=RULE_STAGE[step])
+    return _CFG[step]
 
 
-def config_digest(stage, *sections):
-    """The resolved config sections a stage depends on, as YAML. Used as a rule param, so
-    changing one of them re-runs that stage (and what depends on it), and nothing else."""
-    cfg = stage_cfg(stage)
-    out = []
-    for name in sections:
-        obj = cfg
-        for part in name.split("."):
-            obj = getattr(obj, part)
-        text = to_yaml(obj) if hasattr(obj, "__dataclass_fields__") else repr(obj)
-        out.append(f"{name}: {text}")
-    return "\n".join(out)
+def config_digest(step, *keys):
+    """What defines a rule's result (hlrp.common.config.result_digest of the dotted ``keys``:
+    no paths, workers or logging cadence). A rule parameter, so changing one of them re-runs
+    the rule and what depends on it, and nothing else."""
+    return result_digest(stage_cfg(step), *keys)
 
 
 def _video_list():
+    """Every video's name: its path relative to the folder, symlinks named by their link path
+    (hlrp.data.video.relative_name, the same rule the preprocess CLI applies)."""
+    from hlrp.data.video import relative_name
+
     if USE_DEMO:
         from hlrp.sim.demo_videos import episode_ids
 
@@ -74,7 +94,7 @@ def _video_list():
     if not root.is_dir():
         raise WorkflowError(f"videos={VIDEO_DIR!r} is not a folder (config/workflow.yaml)")
     exts = stage_cfg("preprocess").data.preprocess.extensions
-    return [p.relative_to(root).as_posix() for p in list_videos(root, exts)]
+    return [relative_name(root, p) for p in list_videos(root, exts)]
 
 
 VIDEOS = _video_list()
@@ -87,9 +107,17 @@ if not CHUNKS:
     raise WorkflowError(f"no videos found in {VIDEO_DIR}")
 
 
+def chunk_videos(wildcards):
+    """The names (relative to VIDEO_DIR) of one preprocess job's videos: the job's list."""
+    return CHUNK_VIDEOS[wildcards.chunk]
+
+
 def chunk_inputs(wildcards):
-    """The videos of one preprocess job (plus the sidecar table when there is one)."""
-    files = [f"{VIDEO_DIR}/{rel}" for rel in CHUNK_VIDEOS[wildcards.chunk]]
+    """The videos of one preprocess job (plus the sidecar table when there is one). A
+    dangling symlink is no input file; it stays in the job's list and is recorded as skipped."""
+    files = [f"{VIDEO_DIR}/{rel}" for rel in chunk_videos(wildcards)]
+    if not USE_DEMO:  # the demo's videos are made by a rule
+        files = [f for f in files if Path(f).exists()]
     sidecar = f"{VIDEO_DIR}/metadata.csv"
     if USE_DEMO or Path(sidecar).is_file():
         files.append(sidecar)

@@ -11,7 +11,9 @@ rule laq_report:
     params:
         out=lambda wildcards, output: str(Path(output.json).parent),
         overrides=cli_overrides("laq_report"),
-        config=config_digest("laq_report", "laq_report", "data.offsets", "data.val_split"),
+        config=config_digest(
+            "laq_report", "laq.report", "laq.data.offsets", "laq.data.val_split"
+        ),
     conda:
         "../../environment.yml"
     log:
@@ -24,7 +26,7 @@ rule laq_report:
         mem_mb=16000,
         runtime=60,
     shell:
-        "python -m hlrp.laq.report laq={input.ckpt:q} data.shards={input.shards:q} "
+        "python -m hlrp.laq.report laq_ckpt={input.ckpt:q} data.shards={input.shards:q} "
         "output_dir={params.out:q} {params.overrides} > {log:q} 2>&1"
 
 
@@ -38,7 +40,7 @@ rule label_latents:
     params:
         out=lambda wildcards, output: str(Path(output[0]).parent),
         overrides=cli_overrides("label_latents"),
-        config=config_digest("label_latents", "label", "data.offsets"),
+        config=config_digest("label_latents", "laq.label", "laq.data.offsets"),
     conda:
         "../../environment.yml"
     log:
@@ -51,6 +53,6 @@ rule label_latents:
         mem_mb=16000,
         runtime=12 * 60,
     shell:
-        "python -m hlrp.laq.label laq={input.ckpt:q} data.shards={input.shards:q} "
+        "python -m hlrp.laq.label laq_ckpt={input.ckpt:q} data.shards={input.shards:q} "
         "report={input.report:q} output_dir={params.out:q} workers={threads} "
         "{params.overrides} > {log:q} 2>&1"

@@ -1,5 +1,9 @@
 # Videos -> WebDataset shards. The corpus is split into at most `preprocess_jobs` jobs by a
 # stable hash of each file's path; each job decodes its videos in parallel (threads).
+# A job never lists the folder: its videos (names relative to the folder, from
+# common.smk's listing) are written by printf, one per line, to <part>/inputs.txt, which the
+# CLI reads as input_list. Snakemake quotes each name ({params.files:q}), so any character but
+# a newline is safe, and a long list goes through Snakemake's script file, not argv.
 
 
 rule preprocess:
@@ -9,11 +13,10 @@ rule preprocess:
         directory(f"{SHARDS}/part-{{chunk}}"),
     params:
         videos=VIDEO_DIR,
+        files=chunk_videos,
         actions=f"actions_dir={shlex.quote(ACTIONS_DIR)}" if ACTIONS_DIR else "",
-        num_chunks=NUM_CHUNKS,
-        chunk=lambda wc: int(wc.chunk),
         overrides=cli_overrides("preprocess"),
-        config=config_digest("preprocess", "data.preprocess", "data.offsets"),
+        config=config_digest("preprocess", "data.preprocess"),
     wildcard_constraints:
         chunk=r"\d{3}",
     conda:
@@ -27,8 +30,10 @@ rule preprocess:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m hlrp.data.preprocess input_dir={params.videos:q} output_dir={output:q} "
-        "chunk={params.chunk} num_chunks={params.num_chunks} workers={threads} "
+        "mkdir -p {output:q} && printf '%s\\n' {params.files:q} > {output:q}/inputs.txt.tmp && "
+        "mv {output:q}/inputs.txt.tmp {output:q}/inputs.txt && "
+        "python -m hlrp.data.preprocess input_dir={params.videos:q} "
+        "input_list={output:q}/inputs.txt output_dir={output:q} workers={threads} "
         "{params.actions} {params.overrides} > {log:q} 2>&1"
 
 

@@ -1,5 +1,7 @@
-# Stage 1: train the latent action quantizer on the shards. Re-running the rule resumes from
-# the run's last checkpoint (results/laq/checkpoints/last.ckpt) unless the config changed.
+# Stage 1: train the latent action quantizer on the shards. A killed or timed-out run is
+# resumed from its last checkpoint (results/laq/checkpoints/last.ckpt) when the rule runs
+# again; a forced rebuild (--forcerun train_laq) of a finished run trains anew and moves the
+# old run to results/laq/previous/run-NNN/.
 #
 # One GPU by default; `train_laq: {nodes: N, gpus_per_node: G}` in the workflow config asks
 # Slurm for N nodes with G GPUs and G tasks each, launches N*G processes with `srun` (the
@@ -18,7 +20,7 @@ rule train_laq:
         nodes=LAQ_NODES,
         gpus=LAQ_GPUS,
         overrides=cli_overrides("train_laq"),
-        config=config_digest("train_laq", "model", "data", "training", "seed"),
+        config=config_digest("train_laq", *TRAIN_RESULT_KEYS),
     conda:
         "../../environment.yml"
     log:
@@ -39,6 +41,5 @@ rule train_laq:
         runtime=24 * 60,
     shell:
         "{params.launch} python -m hlrp.laq.train data.shards={input:q} "
-        "output_dir={params.out:q} data.num_workers={threads} "
-        "cluster.num_nodes={params.nodes} cluster.devices={params.gpus} "
-        "{params.overrides} > {log:q} 2>&1"
+        "output_dir={params.out:q} data.num_workers={threads} {params.overrides} "
+        "cluster.num_nodes={params.nodes} cluster.devices={params.gpus} > {log:q} 2>&1"

@@ -1,6 +1,9 @@
 """Command-line front end shared by all ``python -m hlrp.<stage>`` entry points.
 
-Arguments are Hydra overrides (``experiment=laq_debug data.batch_size=16``). Two flags:
+Arguments are Hydra overrides (``experiment=laq_debug data.batch_size=16``). A stage's
+command accepts its namespace's short keys (in ``hlrp.laq.*``, ``data.batch_size`` means
+``laq.data.batch_size``). Path values (``input_dir=``, ``output_dir=``, ``data.shards=``...)
+are taken literally, whatever characters they hold. Two flags:
 ``--help`` prints usage and the experiments, ``--cfg`` prints the resolved config and exits.
 We compose with Hydra's compose API rather than ``@hydra.main`` so that no run folders are
 created and no working directory is changed: Snakemake owns every output path.
@@ -17,8 +20,16 @@ from hlrp.common.config import ConfigError, RootConfig, compose_config, experime
 from hlrp.common.logging import setup_logging
 
 
-def run(main: Callable[[RootConfig], int | None], argv: Sequence[str] | None, usage: str) -> int:
-    """Parse ``argv`` into a validated :class:`RootConfig` and call ``main`` with it."""
+def run(
+    main: Callable[[RootConfig], int | None],
+    argv: Sequence[str] | None,
+    usage: str,
+    stage: str | None = None,
+) -> int:
+    """Parse ``argv`` into a validated :class:`RootConfig` and call ``main`` with it.
+
+    ``stage`` (``laq``, ``foundation``, ``low_level``) is the namespace short keys refer to.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         print(usage.strip())
@@ -32,7 +43,7 @@ def run(main: Callable[[RootConfig], int | None], argv: Sequence[str] | None, us
         print(f"error: arguments must be key=value Hydra overrides, got {bad}", file=sys.stderr)
         return 2
     try:
-        composed = compose_config(overrides)
+        composed = compose_config(overrides, stage=stage)
         cfg = to_object(composed)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

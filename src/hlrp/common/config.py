@@ -12,8 +12,10 @@ Snakemake rules and profiles, not to experiments.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,13 @@ CONFIG_DIR = Path(os.environ.get("HLRP_CONFIG_DIR", Path(__file__).resolve().par
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid."""
+
+
+# Field metadata read by :func:`result_config`, the one definition of "what changes a stage's
+# result" behind both the Snakemake rule digests and the resume hashes of training runs.
+PATH = {"path": True, "result": False}  # a file or folder: taken literally, never hashed
+NOT_RESULT = {"result": False}  # speed, logging, cadence: the same run, faster or chattier
+NOT_RESUME = {"resume": False}  # a run that only differs here continues (e.g. max_steps)
 
 
 # --------------------------------------------------------------------------------------
@@ -68,14 +77,15 @@ class PreprocessConfig:
     extensions: list[str] = field(
         default_factory=lambda: [".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"]
     )
+    min_clip_frames: int = 2  # shorter clips are dropped (a pair (t, t+k) needs k+1 frames)
 
 
 @dataclass
 class DataConfig:
-    """A dataset of clips in WebDataset shards, and how training reads pairs from it."""
+    """How stage 1 reads frame pairs from the preprocess shards (``laq.data``)."""
 
-    name: str = MISSING
-    shards: str | None = None  # shard index.json, folder or brace pattern; set by the workflow
+    name: str = "custom"
+    shards: str | None = field(default=None, metadata=PATH)  # shard index.json, folder or pattern
     offsets: list[int] = field(
         default_factory=lambda: [1]
     )  # frame offsets k of pairs (t, t+k), at data fps
@@ -83,12 +93,17 @@ class DataConfig:
         False  # True: every valid (t, t+k) pair is one sample; False: one clip per sample
     )
     max_samples: int | None = None  # keep only the first N samples (clips or pairs)
-    val_split: float = 0.05  # fraction of clips held out for validation
-    batch_size: int = 8
-    num_workers: int = 2
+    val_split: float = 0.05  # fraction of videos held out for validation
+    batch_size: int = 8  # per process
+    num_workers: int = field(default=2, metadata=NOT_RESULT)
     shuffle_buffer: int = 256  # samples kept in the streaming shuffle buffer
     pairs_per_clip: int = 4  # scene-level mode: pairs drawn from each clip per visit
-    seed: int = 0
+
+
+@dataclass
+class SharedDataConfig:
+    """Settings every stage shares (``data``): how videos become shards."""
+
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
@@ -119,7 +134,7 @@ class LAQModelConfig:
     )  # FSQ levels (product = codebook size)
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
-    compile: bool = False  # torch.compile the model
+    compile: bool = field(default=False, metadata=NOT_RESULT)  # torch.compile the model
 
 
 @dataclass
@@ -127,7 +142,7 @@ class FoundationModelConfig:
     """Vision-language model that predicts latent action codes (stage 2)."""
 
     name: str = "vla"
-    backbone: str = MISSING  # Hugging Face model id or local folder
+    backbone: str | None = None  # Hugging Face model id or local folder (stage 2 needs one)
     build_from_config: bool = False  # True: random init from the backbone's config (tests, demo)
     tiny_overrides: dict[str, Any] = field(
         default_factory=dict
@@ -160,21 +175,23 @@ class SchedulerConfig:
 
 @dataclass
 class ValidationConfig:
-    every_n_steps: int = 1000
-    visualize_every_n_steps: int = 1000
-    visualize_train: bool = False  # also save reconstruction grids of training batches
-    num_visualize: int = 8
+    """When to validate and what to draw: cadence only, so none of it is part of a result."""
+
+    every_n_steps: int = field(default=1000, metadata=NOT_RESULT)
+    visualize_every_n_steps: int = field(default=1000, metadata=NOT_RESULT)
+    visualize_train: bool = field(default=False, metadata=NOT_RESULT)
+    num_visualize: int = field(default=8, metadata=NOT_RESULT)
 
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 1
-    max_steps: int = -1  # -1: train for `epochs`
+    epochs: int = field(default=1, metadata=NOT_RESUME)
+    max_steps: int = field(default=-1, metadata=NOT_RESUME)  # -1: train for `epochs`
     grad_clip: float = 0.5
     precision: str = "auto"  # auto: bf16-mixed on GPUs that support it, fp32 on CPU
     accumulate_grad_batches: int = 1
-    checkpoint_every_n_steps: int = 1000
-    log_every_n_steps: int = 50
+    checkpoint_every_n_steps: int = field(default=1000, metadata=NOT_RESULT)
+    log_every_n_steps: int = field(default=50, metadata=NOT_RESULT)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -182,14 +199,15 @@ class TrainingConfig:
 
 @dataclass
 class ClusterConfig:
-    """Where a job runs. Slurm resources live in the Snakemake profiles, not here."""
+    """Where a stage runs. Slurm resources live in the Snakemake profiles; the workflow sets
+    ``devices`` and ``num_nodes`` from the same values it gives Slurm."""
 
     name: str = "local_cpu"
     accelerator: str = "cpu"  # cpu | gpu | auto
     devices: int = 1  # GPUs (or CPU processes) per node
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp
-    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_mode: str = field(default="offline", metadata=NOT_RESULT)  # offline | online | disabled
 
 
 @dataclass
@@ -222,15 +240,20 @@ class LAQReportConfig:
 
     max_clips: int = 256  # held-out clips evaluated (the data.val_split videos)
     pairs_per_clip: int = 4  # (t, t+k) pairs drawn per clip
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=NOT_RESULT)
     num_examples: int = 8  # rows in the example grids
-    probe_ridge: float = 1e-3  # L2 penalty of the linear probes
+    # action probes: fitted on pairs of training videos, scored on the held-out pairs
+    train_max_clips: int = 512  # training clips (videos not in data.val_split) read for probes
+    train_pairs_per_clip: int = 16  # (t, t+k) pairs drawn per training clip
+    probe_folds: int = 5  # GroupKFold over training videos that picks the ridge penalty
+    probe_bootstrap: int = 1000  # resamples of held-out videos for the R² 95 % interval
     seed: int = 0
     # gate thresholds: label_latents refuses to run when one fails (see label.allow_failed_gate)
     min_perplexity: float = 1.5  # codes collapsed: perplexity over all held-out pairs below this
     min_used_fraction: float = 0.25  # fraction of the codebook used on held-out pairs
     min_sequence_perplexity: float = 1.5  # whole code sequences (LAPA's "[2,0,0,0] always")
     min_psnr_drop_db: float = 0.05  # decoding another pair's codes must cost at least this PSNR
+    min_probe_r2: float | None = None  # held-out R² of the codes probe (None: not gated)
 
 
 @dataclass
@@ -239,9 +262,79 @@ class LabelConfig:
 
     image_size: int = 224  # frame t is stored at the foundation model's input resolution
     offset: int | None = None  # frame offset k of the labelled pairs (None: data.offsets[0])
-    batch_size: int = 256  # pairs per encoder batch
+    batch_size: int = field(default=256, metadata=NOT_RESULT)  # pairs per encoder batch
     jpeg_quality: int = 95
-    allow_failed_gate: bool = False  # label even though the laq_report gate failed
+    allow_failed_gate: bool = field(default=False, metadata=NOT_RESULT)  # label despite the gate
+
+
+# --------------------------------------------------------------------------------------
+# stages: one namespace each (the seed's names), each with model / data / training / cluster
+# --------------------------------------------------------------------------------------
+@dataclass
+class LAQStageConfig:
+    """Stage 1 (``laq``): train the LAQ, report on it (the gate), label the shards."""
+
+    model: LAQModelConfig = field(default_factory=LAQModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    report: LAQReportConfig = field(default_factory=LAQReportConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+
+
+@dataclass
+class FoundationDataConfig:
+    """How stage 2 reads the labelled shards (``foundation.data``). The latent vocabulary
+    (codebook size, codes per pair) is read from the LAQ checkpoint, never set here."""
+
+    name: str = "labels"
+    labels: str | None = field(default=None, metadata=PATH)  # labels index.json (label_latents)
+    val_split: float = 0.05  # fraction of videos held out (the same split function as stage 1)
+    batch_size: int = 8  # per process
+    num_workers: int = field(default=2, metadata=NOT_RESULT)
+    shuffle_buffer: int = 1024
+
+
+@dataclass
+class FoundationStageConfig:
+    """Stage 2 (``foundation``): a vision-language model that predicts the latent codes."""
+
+    model: FoundationModelConfig = field(default_factory=FoundationModelConfig)
+    data: FoundationDataConfig = field(default_factory=FoundationDataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+@dataclass
+class LowLevelModelConfig:
+    """The action head put on the foundation model (stage 3)."""
+
+    name: str = "low_level"
+    head: str = "l1_chunk"  # bins (LAPA: quantile bins as tokens) | l1_chunk | flow
+    chunk: int = 8  # actions predicted per step (H)
+    bins: int = 256  # bins per action dimension (head=bins)
+    normalization: str = "mean_std"  # mean_std | quantile
+
+
+@dataclass
+class LowLevelDataConfig:
+    """The action-labelled episodes stage 3 learns from (``low_level.data``)."""
+
+    name: str = "episodes"
+    source: str | None = field(default=None, metadata=PATH)  # shards or a LeRobotDataset folder
+    episodes_per_task: int = 5  # labelled episodes per task used for finetuning
+    batch_size: int = 8
+    num_workers: int = field(default=2, metadata=NOT_RESULT)
+
+
+@dataclass
+class LowLevelStageConfig:
+    """Stage 3 (``low_level``): finetune the foundation model to continuous actions."""
+
+    model: LowLevelModelConfig = field(default_factory=LowLevelModelConfig)
+    data: LowLevelDataConfig = field(default_factory=LowLevelDataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 # --------------------------------------------------------------------------------------
@@ -253,23 +346,50 @@ class RootConfig:
 
     name: str = MISSING  # experiment name, written next to outputs
     seed: int = 0
-    model: Any = None  # LAQModelConfig or FoundationModelConfig, chosen by the model group file
-    data: DataConfig = field(default_factory=DataConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    data: SharedDataConfig = field(default_factory=SharedDataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
-    laq_report: LAQReportConfig = field(default_factory=LAQReportConfig)
-    label: LabelConfig = field(default_factory=LabelConfig)
+    laq: LAQStageConfig = field(default_factory=LAQStageConfig)
+    foundation: FoundationStageConfig = field(default_factory=FoundationStageConfig)
+    low_level: LowLevelStageConfig = field(default_factory=LowLevelStageConfig)
     # run-specific paths, passed by Snakemake (or by hand); each entry point checks what it needs
-    input_dir: str | None = None
-    output_dir: str | None = None
-    input_list: str | None = None  # a text file with one input path per line (instead of input_dir)
-    actions_dir: str | None = None  # optional per-video ground-truth actions ({stem}.npz)
-    workers: int = 0  # parallel worker processes; 0: all CPUs this process may use
-    laq: str | None = None  # a trained LAQ (laq.ckpt) for labelling and the report
-    report: str | None = None  # the laq_report JSON whose gate labelling checks
+    input_dir: str | None = field(default=None, metadata=PATH)
+    output_dir: str | None = field(default=None, metadata=PATH)
+    input_list: str | None = field(default=None, metadata=PATH)  # one input path per line
+    actions_dir: str | None = field(default=None, metadata=PATH)  # per-video {stem}.npz actions
+    workers: int = field(default=0, metadata=NOT_RESULT)  # worker processes; 0: all CPUs allowed
+    laq_ckpt: str | None = field(default=None, metadata=PATH)  # a trained LAQ (laq.ckpt)
+    report: str | None = field(default=None, metadata=PATH)  # the laq_report JSON labelling checks
     chunk: int | None = None  # preprocess only the videos of this chunk (see num_chunks)
     num_chunks: int = 1  # the workflow splits a corpus into this many preprocess jobs
+
+
+#: Stage namespaces, and the short forms their commands accept: in ``python -m hlrp.laq.train``
+#: ``data.batch_size=16`` means ``laq.data.batch_size=16`` (the seed notes' commands).
+STAGES = ("laq", "foundation", "low_level")
+STAGE_ALIASES = {
+    "laq": {
+        "model": "laq.model",
+        "data": "laq.data",
+        "training": "laq.training",
+        "cluster": "laq.cluster",
+        "laq_report": "laq.report",
+        "label": "laq.label",
+    },
+    "foundation": {
+        "model": "foundation.model",
+        "data": "foundation.data",
+        "training": "foundation.training",
+        "cluster": "foundation.cluster",
+    },
+    "low_level": {
+        "model": "low_level.model",
+        "data": "low_level.data",
+        "training": "low_level.training",
+        "cluster": "low_level.cluster",
+    },
+}
+SHARED_DATA_KEYS = ("preprocess",)  # ``data.preprocess.*`` stays shared in every stage
+CONFIG_GROUPS = ("model", "data", "training", "cluster")  # folders of config/
 
 
 def register_schemas() -> None:
@@ -277,15 +397,15 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="root_schema", node=RootConfig)
     cs.store(group="schema", name="data", node=DataConfig)
+    cs.store(group="schema", name="preprocess", node=PreprocessConfig)
     cs.store(group="schema", name="laq", node=LAQModelConfig)
     cs.store(group="schema", name="foundation", node=FoundationModelConfig)
+    cs.store(group="schema", name="foundation_data", node=FoundationDataConfig)
     cs.store(group="schema", name="training", node=TrainingConfig)
     cs.store(group="schema", name="cluster", node=ClusterConfig)
 
 
 register_schemas()
-
-MODEL_SCHEMAS: dict[str, type] = {"laq": LAQModelConfig, "vla": FoundationModelConfig}
 
 
 def experiments() -> list[str]:
@@ -293,19 +413,92 @@ def experiments() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
+def configured_stages(cfg: RootConfig) -> list[str]:
+    """The stage namespaces an experiment sets (those that differ from their defaults)."""
+    defaults = RootConfig()
+    return [s for s in STAGES if getattr(cfg, s) != getattr(defaults, s)]
+
+
+def expand_aliases(overrides: Sequence[str], stage: str | None) -> list[str]:
+    """Rewrite a stage command's short keys to their namespace (``data.x`` -> ``laq.data.x``)."""
+    if stage is None:
+        return list(overrides)
+    if stage not in STAGE_ALIASES:
+        raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    aliases = STAGE_ALIASES[stage]
+    out = []
+    for o in overrides:
+        prefix = o[: len(o) - len(o.lstrip("+~"))]
+        key, sep, value = o[len(prefix) :].partition("=")
+        head, _, rest = key.partition(".")
+        shared = head == "data" and rest.split(".")[0] in SHARED_DATA_KEYS
+        if head in aliases and not rest and head in CONFIG_GROUPS:
+            key = f"{head}@{aliases[head]}"  # a group choice: model=laq_small
+        elif head in aliases and not shared:
+            key = aliases[head] + (f".{rest}" if rest else "")
+        out.append(f"{prefix}{key}{sep}{value}")
+    return out
+
+
+def path_keys(schema: type = RootConfig, prefix: str = "") -> set[str]:
+    """Dotted keys of every path field (``metadata=PATH``) below ``schema``."""
+    keys: set[str] = set()
+    for f in fields(schema):
+        if f.metadata.get("path"):
+            keys.add(prefix + f.name)
+        sub = _dataclass_type(f)
+        if sub is not None:
+            keys |= path_keys(sub, f"{prefix}{f.name}.")
+    return keys
+
+
+def _dataclass_type(f) -> type | None:
+    """The dataclass a field holds (its default factory's), or None for a plain value."""
+    if f.default_factory is dataclasses.MISSING:
+        return None
+    obj = f.default_factory()
+    return type(obj) if is_dataclass(obj) else None
+
+
+def split_path_overrides(overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Separate ``key=value`` overrides of path fields: their values are taken literally
+    (spaces, parentheses, quotes, ``,`` ``=`` ``$``, non-ASCII), not parsed by Hydra's
+    override grammar, which would reject ``/data/Robot Videos (2024)``."""
+    paths = path_keys()
+    rest, literal = [], {}
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and key in paths:
+            literal[key] = value
+        else:
+            rest.append(o)
+    return rest, literal
+
+
 def compose_config(
-    overrides: list[str] | None = None, config_dir: Path | None = None
+    overrides: list[str] | None = None,
+    config_dir: Path | None = None,
+    stage: str | None = None,
 ) -> DictConfig:
-    """Compose ``config/config.yaml`` with Hydra overrides, outside of ``@hydra.main``."""
+    """Compose ``config/config.yaml`` with Hydra overrides, outside of ``@hydra.main``.
+
+    ``stage`` lets a stage's command use the short keys of the seed notes
+    (``data.batch_size`` for ``laq.data.batch_size``). Path values are set literally.
+    """
     config_dir = Path(config_dir or CONFIG_DIR).resolve()
+    hydra_overrides, literal = split_path_overrides(expand_aliases(overrides or [], stage))
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            return compose(config_name="config", overrides=list(overrides or []))
+            cfg = compose(config_name="config", overrides=hydra_overrides)
     except (ConfigAttributeError, ConfigKeyError, ValidationError, HydraException) as e:
         cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
         raise ConfigError(_explain(cause)) from e
+    for key, value in literal.items():
+        # "${" would start an OmegaConf interpolation: escape it so the path stays literal
+        OmegaConf.update(cfg, key, value.replace("${", "\\${"), merge=False)
+    return cfg
 
 
 def _explain(e: Exception) -> str:
@@ -332,25 +525,65 @@ def to_object(cfg: DictConfig) -> RootConfig:
         root: RootConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except (ConfigAttributeError, ConfigKeyError, ValidationError) as e:
         raise ConfigError(_explain(e)) from e
-    if isinstance(root.model, dict):  # a model file without its schema: validate it now
-        kind = root.model.get("name")
-        schema = MODEL_SCHEMAS.get(kind)
-        if schema is None:
-            raise ConfigError(f"model.name={kind!r} is not one of {sorted(MODEL_SCHEMAS)}")
-        try:
-            merged = OmegaConf.merge(OmegaConf.structured(schema), root.model)
-        except (ConfigAttributeError, ConfigKeyError, ValidationError) as e:
-            raise ConfigError(_explain(e)) from e
-        root.model = OmegaConf.to_object(merged)
     return root
 
 
-def load(overrides: list[str] | None = None) -> RootConfig:
+def load(overrides: list[str] | None = None, stage: str | None = None) -> RootConfig:
     """Compose and validate in one step (what tests and helpers use)."""
-    return to_object(compose_config(overrides))
+    return to_object(compose_config(overrides, stage=stage))
 
 
 def to_yaml(obj: Any) -> str:
     """A dataclass (or DictConfig) as YAML, for writing the resolved config next to outputs."""
     node = obj if isinstance(obj, DictConfig) else OmegaConf.structured(obj)
     return OmegaConf.to_yaml(node, resolve=True)
+
+
+# --------------------------------------------------------------------------------------
+# what defines a result: rule digests and resume hashes
+# --------------------------------------------------------------------------------------
+def result_config(obj: Any, resume: bool = False) -> Any:
+    """The part of a config that changes a result, as plain data.
+
+    Drops fields marked ``PATH`` or ``NOT_RESULT`` (where inputs live, speed, logging
+    cadence); with ``resume=True`` also those marked ``NOT_RESUME`` (``max_steps``: a longer
+    run of the same config continues the shorter one). Snakemake's rule digests use the full
+    result, training's resume hash the ``resume=True`` form: one definition for both.
+    """
+    if is_dataclass(obj):
+        out = {}
+        for f in fields(obj):
+            if f.metadata.get("result") is False or (resume and f.metadata.get("resume") is False):
+                continue
+            out[f.name] = result_config(getattr(obj, f.name), resume)
+        return out
+    if isinstance(obj, list | tuple):
+        return [result_config(v, resume) for v in obj]
+    if isinstance(obj, dict):
+        return {k: result_config(v, resume) for k, v in sorted(obj.items())}
+    return obj
+
+
+def select(cfg: RootConfig, dotted: str) -> Any:
+    """``select(cfg, "laq.data.offsets")``: a value by its dotted key."""
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def result_digest(cfg: RootConfig, *keys: str, resume: bool = False) -> str:
+    """Canonical JSON of the result-defining parts of ``keys`` (dotted): a rule parameter in
+    the workflow, and (hashed) the resume hash of a training run."""
+    import json
+
+    return json.dumps(
+        {k: result_config(select(cfg, k), resume) for k in keys}, sort_keys=True, default=str
+    )
+
+
+def result_hash(cfg: RootConfig, *keys: str, resume: bool = False) -> str:
+    """16 hex digits of :func:`result_digest`."""
+    import hashlib
+
+    return hashlib.sha256(result_digest(cfg, *keys, resume=resume).encode()).hexdigest()[:16]

@@ -5,8 +5,8 @@
 For each video: probe the container, decode (decord, else PyAV or torchcodec as configured),
 resample to ``data.preprocess.fps`` by timestamp, resize the shorter side and center-crop to
 ``data.preprocess.resolution``, split into scenes at cuts, split long scenes into clips of at
-most ``max_clip_frames``, and drop clips too short for the largest frame offset
-(``max(data.offsets) + 1`` frames) or static (mean frame difference below ``min_motion``).
+most ``max_clip_frames``, and drop clips shorter than ``min_clip_frames`` (a pair (t, t+k)
+needs k + 1 frames) or static (mean frame difference below ``min_motion``).
 Clips go to tar shards (see :mod:`hlrp.data.shards` for the sample keys).
 
 Optional side inputs, both found by file name:
@@ -14,6 +14,15 @@ Optional side inputs, both found by file name:
 * ``<input_dir>/metadata.csv``: columns ``file`` (path relative to input_dir) and any of
   ``instruction``, ``episode_id``, ``task``; the demo corpus writes one.
 * ``actions_dir=PATH``: ``<stem>.npz`` with an ``actions`` array, one row per source frame.
+
+Which videos: every video under ``input_dir``, or the files named in ``input_list=FILE`` (one
+path per line, relative to ``input_dir``; the workflow gives each job its own list), or, for
+hand runs, ``chunk=N num_chunks=M`` (the videos whose name hashes to chunk N).
+
+A video's name is its path relative to ``input_dir`` (:func:`hlrp.data.video.relative_name`):
+a symbolic link keeps its link path, whether it points inside or outside the folder. The name
+decides the chunk, the metadata.csv row, the actions file, ``video_id`` and the manifest entry.
+A dangling link, or a listed file that does not exist, is recorded as ``skipped``.
 
 ``output_dir/manifest.json`` lists every input with its status: ``ok`` (clips and frames
 written), ``skipped`` (with the reason: empty, not a video, too short, static...) or
@@ -57,6 +66,7 @@ from hlrp.data.video import (
     list_videos,
     open_decoder,
     probe,
+    relative_name,
     resample_indices,
 )
 
@@ -75,6 +85,7 @@ class VideoJob:
     episode_id: str = ""
     task: str = ""
     actions_path: str | None = None
+    skip: str = ""  # why it cannot be processed (missing, dangling link...); empty: process it
 
 
 @dataclass
@@ -120,11 +131,6 @@ def chunk_of(rel: str, num_chunks: int) -> int:
     return stable_bucket(rel, num_chunks)
 
 
-def min_clip_frames(offsets: Sequence[int]) -> int:
-    """Shortest useful clip: one pair at the largest offset needs max(offsets) + 1 frames."""
-    return max(offsets) + 1
-
-
 # --------------------------------------------------------------------------------------
 # one video (runs in a worker process)
 # --------------------------------------------------------------------------------------
@@ -163,6 +169,9 @@ def process_video(job: VideoJob, cfg: PreprocessConfig, min_frames: int) -> Vide
     """Decode, resample, cut and encode one video. Never raises for a bad video."""
     t0 = time.perf_counter()
     res = VideoResult(file=job.rel, status="ok")
+    if job.skip:
+        res.status, res.reason = "skipped", job.skip
+        return res
     try:
         _process(job, cfg, min_frames, res)
     except VideoError as e:
@@ -298,20 +307,37 @@ def read_sidecar(input_dir: Path) -> dict[str, dict[str, str]]:
         return {row["file"]: row for row in reader}
 
 
+def input_problem(path: Path) -> str:
+    """Why ``path`` cannot be read as a file ("" when it can)."""
+    if path.is_symlink() and not path.exists():
+        return f"dangling symlink (target {os.readlink(path)} does not exist)"
+    if not path.exists():
+        return "file does not exist"
+    if not path.is_file():
+        return "not a regular file"
+    return ""
+
+
 def build_jobs(
     input_dir: Path,
     videos: Sequence[Path],
     actions_dir: Path | None,
 ) -> list[VideoJob]:
+    """One job per video, named by :func:`relative_name` (link paths, never resolved)."""
     side = read_sidecar(input_dir)
     jobs = []
+    seen = set()
     for path in videos:
-        rel = (
-            path.relative_to(input_dir).as_posix() if path.is_relative_to(input_dir) else path.name
-        )
+        try:
+            rel, skip = relative_name(input_dir, path), input_problem(path)
+        except ValueError:
+            rel, skip = str(path), f"not under the input folder {input_dir}"
+        if rel in seen:  # listed twice: one video, one set of clips
+            continue
+        seen.add(rel)
         row = side.get(rel, {})
         actions = None
-        if actions_dir is not None:
+        if actions_dir is not None and not skip:
             candidate = actions_dir / Path(rel).with_suffix(".npz")
             actions = str(candidate) if candidate.is_file() else None
         jobs.append(
@@ -322,6 +348,7 @@ def build_jobs(
                 episode_id=row.get("episode_id", "") or "",
                 task=row.get("task", "") or "",
                 actions_path=actions,
+                skip=skip,
             )
         )
     return jobs
@@ -386,26 +413,25 @@ def preprocess(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     cfg: PreprocessConfig,
-    offsets: Sequence[int],
     *,
     videos: Sequence[str | os.PathLike] | None = None,
     actions_dir: str | os.PathLike | None = None,
     workers: int = 1,
 ) -> dict[str, Any]:
-    """Preprocess ``videos`` (default: every video under ``input_dir``) into ``output_dir``."""
-    input_dir = Path(input_dir).resolve()
+    """Preprocess ``videos`` (default: every video under ``input_dir``) into ``output_dir``.
+
+    Relative entries of ``videos`` are taken under ``input_dir``. Paths are never resolved
+    (see :func:`relative_name`); an entry that does not exist is recorded as skipped.
+    """
+    input_dir = Path(os.path.abspath(input_dir))
     out = Path(output_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder {input_dir} does not exist")
     if videos is None:
         paths = list_videos(input_dir, cfg.extensions)
     else:
-        paths = [Path(v) if Path(v).is_absolute() else input_dir / v for v in videos]
-        paths = [p.resolve() for p in paths]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} input videos do not exist, e.g. {missing[0]}")
-    min_frames = min_clip_frames(offsets)
+        paths = [input_dir / v for v in videos]  # an absolute entry stays as it is
+    min_frames = max(2, cfg.min_clip_frames)
     jobs = build_jobs(input_dir, paths, Path(actions_dir) if actions_dir else None)
     out.mkdir(parents=True, exist_ok=True)
     for stale in list(out.glob("shard-*.tar")) + list(out.glob(".shard-*.tar.tmp")):
@@ -437,7 +463,6 @@ def preprocess(
     manifest = {
         "input_dir": str(input_dir),
         "config": asdict(cfg),
-        "offsets": list(offsets),
         "min_clip_frames": min_frames,
         "shards": shards,
         "videos": records,
@@ -481,33 +506,56 @@ def default_workers(requested: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def read_input_list(path: str | os.PathLike) -> list[str]:
+    """The entries of an ``input_list`` file: one path per line, UTF-8, taken verbatim (any
+    character but a newline; a trailing CR is dropped); blank lines are ignored."""
+    text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    lines = (line[:-1] if line.endswith("\r") else line for line in text.split("\n"))
+    return [line for line in lines if line.strip()]
+
+
+def select_chunk(
+    input_dir: str | os.PathLike, videos: Sequence[str | os.PathLike], chunk: int, num_chunks: int
+) -> list[str]:
+    """The entries of ``videos`` (relative to ``input_dir``, or absolute) in ``chunk``."""
+    root = Path(os.path.abspath(input_dir))
+    out = []
+    for v in videos:
+        try:
+            name = relative_name(root, root / v)
+        except ValueError:  # outside the folder: recorded as skipped by the chunk it hashes to
+            name = os.fspath(v)
+        if chunk_of(name, num_chunks) == chunk:
+            out.append(os.fspath(v))
+    return out
+
+
 def _main(cfg: RootConfig) -> int:
     if not cfg.output_dir or not (cfg.input_dir or cfg.input_list):
         log.error("preprocess needs output_dir=PATH and input_dir=PATH (or input_list=FILE)")
         return 2
     videos = None
+    input_dir = cfg.input_dir
     if cfg.input_list:
-        lines = Path(cfg.input_list).read_text(encoding="utf-8").splitlines()
-        videos = [ln for ln in lines if ln.strip()]
-    input_dir = cfg.input_dir or os.path.commonpath([os.path.dirname(v) for v in videos or ["."]])
+        videos = read_input_list(cfg.input_list)
+        if input_dir is None:  # entries relative to the current folder; their common folder
+            videos = [os.path.abspath(v) for v in videos]
+            input_dir = os.path.commonpath([os.path.dirname(v) for v in videos] or ["."])
+        log.info("%d inputs listed in %s", len(videos), cfg.input_list)
     if cfg.chunk is not None:
         if not 0 <= cfg.chunk < cfg.num_chunks:
             log.error("chunk=%d is outside [0, num_chunks=%d)", cfg.chunk, cfg.num_chunks)
             return 2
-        root = Path(input_dir).resolve()
-        found = videos if videos is not None else list_videos(root, cfg.data.preprocess.extensions)
-        absolute = [Path(v) if Path(v).is_absolute() else root / v for v in found]
-        videos = [
-            str(p.resolve())
-            for p in absolute
-            if chunk_of(p.resolve().relative_to(root.resolve()).as_posix(), cfg.num_chunks)
-            == cfg.chunk
-        ]
+        if videos is None:
+            if not Path(input_dir).is_dir():
+                raise FileNotFoundError(f"input folder {input_dir} does not exist")
+            found = list_videos(input_dir, cfg.data.preprocess.extensions)
+            videos = [relative_name(input_dir, p) for p in found]
+        videos = select_chunk(input_dir, videos, cfg.chunk, cfg.num_chunks)
     preprocess(
         input_dir,
         cfg.output_dir,
         cfg.data.preprocess,
-        cfg.data.offsets,
         videos=videos,
         actions_dir=cfg.actions_dir,
         workers=default_workers(cfg.workers),
@@ -520,13 +568,15 @@ usage: python -m hlrp.data.preprocess input_dir=PATH output_dir=PATH [key=value 
 
 Turns every video under input_dir into WebDataset shards of clips in output_dir, with a
 manifest.json listing each input's status. Useful keys: experiment=NAME, workers=N,
-input_list=FILE (one video per line), actions_dir=PATH, data.preprocess.fps=10,
-data.preprocess.resolution=128, data.preprocess.decoders=[decord,pyav], data.offsets=[2].
+input_list=FILE (only these videos: one path per line, relative to input_dir),
+chunk=N num_chunks=M (only the videos whose name hashes to chunk N), actions_dir=PATH,
+data.preprocess.fps=10, data.preprocess.resolution=128,
+data.preprocess.decoders=[decord,pyav], data.preprocess.min_clip_frames=3.
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(_main, argv, USAGE)
+    return run(_main, argv, USAGE, stage="laq")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Frames are decoded lazily by :func:`decode_frames`, so a reader that needs two f
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
@@ -200,7 +201,22 @@ class ClipStream(torch.utils.data.IterableDataset):
       replacement and yields exactly ``epoch_size`` samples, so every rank takes the same
       number of steps and none waits at the end of an epoch.
 
-    ``transform`` maps each sample to zero or more training examples (e.g. frame pairs).
+    ``transform`` maps each sample to zero or more training examples (e.g. frame pairs). A
+    transform with a ``plan(sample, rng)`` method (see :class:`FramePairs`) is *lazy*: ``plan``
+    draws the same random numbers as the call and returns one zero-argument function per
+    example, so examples the stream skips are never built (no JPEG is decoded for them).
+
+    ``batch_size`` (optional) makes the stream independent of the number of DataLoader
+    workers: every worker of a rank reads the rank's whole stream and builds only its share of
+    the examples, batch b (of ``batch_size`` consecutive examples) in worker b mod workers,
+    which is the order in which a DataLoader of the same ``batch_size`` collects them. Without
+    it, the shards are dealt out to the workers as described above.
+
+    Position. :meth:`set_position` (epoch, start) makes the next iteration begin at example
+    ``start`` of the epoch (of each reader's stream; with ``batch_size``, of the rank's
+    stream). The skipped examples are planned, not built: their samples are read from the
+    shards, but with a lazy transform none of their frames is decoded, and the result is
+    exactly the examples an uninterrupted epoch yields from that position on.
     """
 
     def __init__(
@@ -214,6 +230,7 @@ class ClipStream(torch.utils.data.IterableDataset):
         transform: Callable[[dict[str, Any], np.random.Generator], Iterable[Any]] | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        batch_size: int | None = None,
     ):
         super().__init__()
         self.rank, self.world_size = rank, world_size  # None: from torch.distributed / env
@@ -225,24 +242,44 @@ class ClipStream(torch.utils.data.IterableDataset):
             raise ValueError("resampled=True needs epoch_size (samples per reader per epoch)")
         self.epoch_size = epoch_size
         self.transform = transform
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be positive")
+        self.batch_size = batch_size
         # shared with DataLoader workers forked from this process, so persistent workers see
-        # the epoch set in the main process
+        # the epoch and position set in the main process
         self._epoch = mp.RawValue("q", 0)
+        self._start = mp.RawValue("q", 0)
 
     @property
     def epoch(self) -> int:
         return int(self._epoch.value)
 
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.value = epoch
+    @property
+    def start(self) -> int:
+        """Examples the next iteration skips (see :meth:`set_position`)."""
+        return int(self._start.value)
 
-    def _reader(self) -> tuple[int, int]:
+    def set_epoch(self, epoch: int) -> None:
+        self.set_position(epoch, 0)
+
+    def set_position(self, epoch: int, start: int) -> None:
+        """Begin the next iteration at example ``start`` of epoch ``epoch``."""
+        if start < 0:
+            raise ValueError(f"start={start}: must be >= 0")
+        self._epoch.value = epoch
+        self._start.value = start
+
+    def _reader(self) -> tuple[int, int, int, int]:
+        """(reader, readers, worker, workers): the shard reader this process is and the
+        DataLoader worker it runs in (with ``batch_size``, a rank's workers are one reader)."""
         rank, world = _rank_world()
         if self.rank is not None and self.world_size is not None:
             rank, world = self.rank, self.world_size
         info = torch.utils.data.get_worker_info()
         wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
-        return rank * nworkers + wid, world * nworkers
+        if self.batch_size is not None:
+            return rank, world, wid, nworkers
+        return rank * nworkers + wid, world * nworkers, 0, 1
 
     def _shard_urls(self, reader: int, readers: int) -> Iterator[str]:
         if self.resampled:
@@ -255,8 +292,9 @@ class ClipStream(torch.utils.data.IterableDataset):
         yield from order[reader::readers]
 
     def __iter__(self) -> Iterator[Any]:
-        reader, readers = self._reader()
-        rng = np.random.default_rng([self.seed, self.epoch, reader, 2])
+        reader, readers, worker, workers = self._reader()
+        epoch, start = self.epoch, self.start
+        rng = np.random.default_rng([self.seed, epoch, reader, 2])
         samples = wds.tariterators.tarfile_samples(
             ({"url": u} for u in self._shard_urls(reader, readers)),
             handler=wds.warn_and_continue,
@@ -264,14 +302,34 @@ class ClipStream(torch.utils.data.IterableDataset):
         samples = (decode_meta(s) for s in samples)
         if self.shuffle:
             samples = _buffer_shuffle(samples, self.shuffle, rng)
-        count = 0
+        pos = 0  # examples of this reader's epoch so far, built or skipped
         for sample in samples:
-            items = [sample] if self.transform is None else self.transform(sample, rng)
-            for item in items:
-                yield item
-                count += 1
-                if self.epoch_size is not None and count >= self.epoch_size:
+            for build in self._plan(sample, rng):
+                if self.epoch_size is not None and pos >= self.epoch_size:
                     return
+                mine = pos >= start and (
+                    self.batch_size is None
+                    or ((pos - start) // self.batch_size) % workers == worker
+                )
+                pos += 1
+                if mine:
+                    yield build()
+            if self.epoch_size is not None and pos >= self.epoch_size:
+                return
+
+    def _plan(self, sample: dict[str, Any], rng: np.random.Generator) -> list[Callable[[], Any]]:
+        """The sample's examples as zero-argument builders (drawing from rng as the transform
+        does); without a lazy transform the examples are built here."""
+        if self.transform is None:
+            return [functools.partial(_same, sample)]
+        plan = getattr(self.transform, "plan", None)
+        if plan is not None:
+            return list(plan(sample, rng))
+        return [functools.partial(_same, item) for item in self.transform(sample, rng)]
+
+
+def _same(item: Any) -> Any:
+    return item
 
 
 def _buffer_shuffle(samples: Iterable[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -313,25 +371,51 @@ def all_pairs(num_frames: int, offsets: Sequence[int]) -> list[tuple[int, int]]:
     return [(t, t + k) for k in offsets for t in range(num_frames - k)]
 
 
-def frame_pairs(offsets: Sequence[int], pairs_per_clip: int):
+def pair_example(sample: dict[str, Any], t: int, u: int) -> dict[str, Any]:
+    """Frames t and u of a clip: ``{"frames": uint8 (2, H, W, 3), "offset": u - t, "t",
+    "key", "instruction"}``; decodes these two JPEGs only."""
+    meta = sample["meta"]
+    return {
+        "frames": decode_frames(sample, (t, u)),
+        "offset": u - t,
+        "t": t,
+        "key": sample["__key__"],
+        "instruction": meta.get("instruction", ""),
+    }
+
+
+class FramePairs:
+    """A lazy :class:`ClipStream` transform: clip -> ``count`` random frame pairs
+    (:func:`pair_example`), drawn by :func:`random_pairs`. ``keep`` (optional) drops clips."""
+
+    def __init__(
+        self,
+        offsets: Sequence[int],
+        count: int,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+        build: Callable[[dict[str, Any], int, int], Any] = pair_example,
+    ):
+        self.offsets, self.count, self.keep, self.build = list(offsets), count, keep, build
+
+    def plan(self, sample: dict[str, Any], rng: np.random.Generator) -> list[Callable[[], Any]]:
+        """One builder per pair; the pairs are drawn now, the frames decoded when built."""
+        if self.keep is not None and not self.keep(sample):
+            return []
+        n = sample["meta"]["num_frames"]
+        pairs = random_pairs(n, self.offsets, self.count, rng)
+        return [functools.partial(self.build, sample, t, u) for t, u in pairs]
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> Iterator[Any]:
+        return (build() for build in self.plan(sample, rng))
+
+
+def frame_pairs(offsets: Sequence[int], pairs_per_clip: int) -> FramePairs:
     """A :class:`ClipStream` transform: clip -> ``pairs_per_clip`` decoded frame pairs.
 
     Each example is ``{"frames": uint8 (2, H, W, 3), "offset": k, "key", "instruction"}``;
     only the two JPEGs of each pair are decoded.
     """
-
-    def transform(sample: dict[str, Any], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
-        meta = sample["meta"]
-        for t, u in random_pairs(meta["num_frames"], offsets, pairs_per_clip, rng):
-            yield {
-                "frames": decode_frames(sample, (t, u)),
-                "offset": u - t,
-                "t": t,
-                "key": sample["__key__"],
-                "instruction": meta.get("instruction", ""),
-            }
-
-    return transform
+    return FramePairs(offsets, pairs_per_clip)
 
 
 def write_index(out_path: str | os.PathLike, manifests: Sequence[str | os.PathLike]) -> dict:

@@ -364,8 +364,39 @@ def fit_frame(frame: np.ndarray, resolution: int) -> np.ndarray:
     return np.ascontiguousarray(frame[top : top + resolution, left : left + resolution])
 
 
+def relative_name(input_dir: str | os.PathLike, path: str | os.PathLike) -> str:
+    """A video's name in the dataset: its path relative to ``input_dir``, POSIX style.
+
+    The one rule for symbolic links: a link is named by the LINK's path, never by its target,
+    whether it points inside or outside ``input_dir`` (the name is computed from the path as
+    listed, without resolving it). Chunking, the metadata.csv lookup, ``video_id`` and the
+    manifest all take the name from here. Relative paths (both) are taken from the current
+    folder, as :func:`list_videos` returns them. Raises ``ValueError`` for a path that is not under ``input_dir``.
+    """
+    root = os.path.abspath(input_dir)
+    full = os.path.abspath(path)
+    rel = os.path.relpath(full, root)
+    if _outside(rel):
+        # the same folder reached through another spelling (a linked parent folder): compare
+        # the real parent folders, still never resolving the file itself
+        parent = os.path.realpath(os.path.dirname(full))
+        rel = os.path.relpath(os.path.join(parent, os.path.basename(full)), os.path.realpath(root))
+        if _outside(rel):
+            raise ValueError(f"{os.fspath(path)!r} is not under the input folder {root}")
+    return Path(rel).as_posix()
+
+
+def _outside(rel: str) -> bool:
+    return rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep)
+
+
 def list_videos(root: str | os.PathLike, extensions: Sequence[str]) -> list[Path]:
-    """All files under ``root`` whose suffix is a video extension, sorted, hidden files skipped."""
+    """All files under ``root`` whose suffix is a video extension, sorted, hidden files skipped.
+
+    Paths are ``root``-based and never resolved: a symlinked video is listed under its link
+    path (see :func:`relative_name`), a dangling link too (preprocessing records it as
+    skipped). Links to folders are not followed (they could loop).
+    """
     exts = {e.lower() for e in extensions}
     out = []
     for dirpath, dirnames, filenames in os.walk(root):

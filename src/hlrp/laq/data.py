@@ -15,12 +15,18 @@ Two modes (``data.pair_level``):
 pairs never come from a video seen in training.
 
 Both loaders are :class:`ResumableLoader` objects: deterministic for (seed, epoch), with a
-``state_dict`` that Lightning stores in every checkpoint, so a resumed run continues with the
-exact batch where the killed run stopped.
+``state_dict`` (epoch, batches served) that Lightning stores in every checkpoint, so a resumed
+run continues with the exact batch where the killed run stopped. The position is restored
+without building the skipped batches: the scene-level stream plans the skipped pairs (drawing
+their random numbers) but decodes none of their frames, and the pair-level sampler starts at
+the first unserved index. The examples do not depend on ``data.num_workers`` (the workers of a
+rank share one stream), and the loaders never draw from the global RNGs (each DataLoader has
+its own generator), so validation or a rebuilt loader cannot shift the model's random numbers.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 from collections.abc import Callable, Iterator
@@ -28,21 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from hlrp.common.config import DataConfig
-from hlrp.common.io import stable_bucket
 from hlrp.data.preprocess import video_id
-from hlrp.data.shards import ClipStream, all_pairs, decode_frames, iter_clips, random_pairs
-
-VAL_BUCKETS = 1_000_000
-
-
-def is_val_video(vid: str, val_split: float) -> bool:
-    """Deterministic video-level split: the same videos are held out on every run."""
-    return stable_bucket(vid, VAL_BUCKETS) < val_split * VAL_BUCKETS
+from hlrp.data.shards import ClipStream, FramePairs, all_pairs, decode_frames, iter_clips
+from hlrp.data.split import is_val_video
 
 
 def pair_item(sample: dict[str, Any], t: int, u: int) -> dict[str, Any]:
@@ -88,18 +86,12 @@ class SplitFilter:
         return is_val_video(sample["meta"]["video_id"], self.val_split) == self.want_val
 
 
-class ScenePairs:
-    """ClipStream transform: a clip of the wanted split -> ``count`` random frame pairs."""
+class ScenePairs(FramePairs):
+    """Lazy ClipStream transform: a clip of the wanted split -> ``count`` random frame pairs
+    (:func:`pair_item`); skipped pairs are drawn but never decoded."""
 
     def __init__(self, offsets: list[int], count: int, keep: SplitFilter):
-        self.offsets, self.count, self.keep = list(offsets), count, keep
-
-    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> Iterator[dict]:
-        if not self.keep(sample):
-            return
-        n = sample["meta"]["num_frames"]
-        for t, u in random_pairs(n, self.offsets, self.count, rng):
-            yield pair_item(sample, t, u)
+        super().__init__(offsets, count, keep=keep, build=pair_item)
 
 
 class PairDataset(Dataset):
@@ -135,23 +127,21 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 class ResumableLoader:
     """An epoch-aware loader Lightning can checkpoint mid-epoch.
 
-    ``make(epoch)`` builds the epoch's DataLoader (which must be deterministic for the epoch).
-    ``state_dict`` records the epoch and how many batches were handed out; after
-    ``load_state_dict`` the next iteration rebuilds that epoch and skips those batches.
-    Skipping reads and discards the batches (exact, at the cost of re-reading part of one
-    epoch once).
+    ``make(epoch, start)`` returns the DataLoader of ``epoch`` positioned at batch ``start``:
+    the batches it yields must be exactly those of an uninterrupted epoch from ``start`` on,
+    and it must reach that position without building the batches before it. Every iteration
+    is a new epoch (Lightning starts one iteration per epoch and may stop it after ``length``
+    batches). ``state_dict`` records the epoch and how many of its batches were handed out;
+    after ``load_state_dict`` the next iteration continues that epoch from there.
     """
 
-    def __init__(self, make: Callable[[int], DataLoader], length: int | None):
+    def __init__(self, make: Callable[[int, int], DataLoader], length: int | None):
         self.make = make
         self.length = length
         self.epoch = 0
-        self.served = 0
-        self._skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self._skip = epoch, 0
+        self.served = 0  # batches of this epoch handed out (including those before a resume)
+        self._started = False
+        self._resume: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         if self.length is None:
@@ -159,27 +149,52 @@ class ResumableLoader:
         return self.length
 
     def __iter__(self) -> Iterator[Any]:
-        loader = self.make(self.epoch)
-        skip, self._skip = self._skip, 0
-        self.served = 0
-        for i, batch in enumerate(loader):
-            if i < skip:
-                self.served += 1
-                continue
+        if self._resume is not None:
+            self.epoch, start = self._resume
+            self._resume = None
+        else:
+            self.epoch += int(self._started)
+            start = 0
+        self._started = True
+        self.served = start
+        for batch in self.make(self.epoch, start):
             self.served += 1
             yield batch
-        self.epoch += 1
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "served": self.served}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = int(state["epoch"])
-        self._skip = int(state["served"])
+        epoch, served = int(state["epoch"]), int(state["served"])
+        if self.length is not None and served >= self.length:  # saved after an epoch's last batch
+            epoch, served = epoch + 1, 0
+        self._resume = (epoch, served)
+        self._started = True
 
 
-def _loader(dataset, batch_size: int, workers: int, sampler=None) -> DataLoader:
-    """One DataLoader for all epochs: workers persist (forked, so they share the epoch)."""
+class SkipSampler(torch.utils.data.Sampler):
+    """A sampler's indices from position ``start`` on (the pair-level resume)."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler = sampler
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.start)
+
+
+def _loader(dataset, batch_size: int, workers: int, seed: int, sampler=None) -> DataLoader:
+    """One DataLoader for all epochs: workers persist (forked, so they share the epoch).
+
+    Its own generator: starting an iterator draws the workers' base seed from it, not from the
+    global torch RNG, which holds the model's random streams (NSVQ noise) and is checkpointed.
+    """
     extra: dict[str, Any] = {}
     if workers > 0:
         extra = {"persistent_workers": True, "multiprocessing_context": mp.get_context("fork")}
@@ -190,6 +205,7 @@ def _loader(dataset, batch_size: int, workers: int, sampler=None) -> DataLoader:
         num_workers=workers,
         collate_fn=collate,
         drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
         **extra,
     )
 
@@ -252,11 +268,14 @@ class LAQDataModule(L.LightningDataModule):
                 return None
             bs = min(c.batch_size, len(ds))
 
-            sampler = DistributedSampler(ds, world, rank, shuffle=train, seed=self.seed)
-            loader = _loader(ds, bs, 0 if len(ds) < 64 else workers, sampler=sampler)
+            sampler = SkipSampler(
+                DistributedSampler(ds, world, rank, shuffle=train, seed=self.seed)
+            )
+            loader = _loader(ds, bs, 0 if len(ds) < 64 else workers, self.seed, sampler=sampler)
 
-            def make(epoch: int) -> DataLoader:
+            def make(epoch: int, start: int) -> DataLoader:
                 sampler.set_epoch(epoch)
+                sampler.start = start * bs
                 return loader
 
             per_rank = -(-len(ds) // world)
@@ -271,11 +290,12 @@ class LAQDataModule(L.LightningDataModule):
         )
         transform = ScenePairs(c.offsets, pairs, keep)
         items_per_epoch = n_clips * pairs
-        # Multi-GPU: each (rank, worker) reader draws shards with replacement and yields a fixed
-        # number of pairs, so ranks stay in step. One process: read every shard once per epoch.
+        # Multi-GPU: each rank draws shards with replacement and yields a fixed number of pairs,
+        # so ranks stay in step. One process: read every shard once per epoch. A rank's workers
+        # share its stream (batch b from worker b mod workers): the pairs do not depend on the
+        # number of workers, and a resume skips pairs without decoding them.
         resampled = train and world > 1
-        readers = world * max(1, workers)
-        epoch_size = -(-items_per_epoch // readers) if resampled else None
+        epoch_size = -(-items_per_epoch // world) if resampled else None
         stream = ClipStream(
             self.shards,
             shuffle=c.shuffle_buffer if train else 0,
@@ -285,17 +305,16 @@ class LAQDataModule(L.LightningDataModule):
             transform=transform,
             rank=rank,
             world_size=world,
+            batch_size=c.batch_size,
         )
 
-        loader = _loader(stream, c.batch_size, workers)
+        loader = _loader(stream, c.batch_size, workers, self.seed)
 
-        def make(epoch: int) -> DataLoader:
-            stream.set_epoch(epoch if train else 0)
+        def make(epoch: int, start: int) -> DataLoader:
+            stream.set_position(epoch if train else 0, start * c.batch_size)
             return loader
 
-        per_rank = (
-            -(-items_per_epoch // world) if epoch_size is None else epoch_size * max(1, workers)
-        )
+        per_rank = -(-items_per_epoch // world) if epoch_size is None else epoch_size
         return ResumableLoader(make, max(1, -(-per_rank // c.batch_size)))
 
     def train_dataloader(self) -> ResumableLoader:
@@ -305,18 +324,3 @@ class LAQDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> ResumableLoader | list:
         return self._loader(train=False) or []
-
-
-def to_model_input(frames: torch.Tensor, image_size: int) -> torch.Tensor:
-    """uint8 (B, 2, H, W, 3) -> float (B, 2, 3, S, S) in [0, 1], resized when H != S."""
-    x = frames.permute(0, 1, 4, 2, 3).float().div_(255)  # (B, 2, 3, H, W)
-    if x.shape[-1] != image_size or x.shape[-2] != image_size:
-        B = x.shape[0]
-        x = torch.nn.functional.interpolate(
-            x.flatten(0, 1),
-            size=(image_size, image_size),
-            mode="bilinear",
-            antialias=True,
-            align_corners=False,
-        ).unflatten(0, (B, 2))
-    return x

@@ -1,6 +1,6 @@
 """Latent-action labelling of the shards for stage 2 (the ``label_latents`` stage).
 
-    python -m hlrp.laq.label laq=results/laq/laq.ckpt data.shards=results/shards/index.json \\
+    python -m hlrp.laq.label laq_ckpt=results/laq/laq.ckpt data.shards=results/shards/index.json \\
         output_dir=results/labels report=results/laq_report/report.json [workers=N]
 
 For every frame t of every clip that has a frame t+k (k = ``label.offset``, default
@@ -13,13 +13,17 @@ One labelled sample per pair:
 ``json``        ``codes`` (list of L ints), ``offset``, ``t``, ``instruction``,
                 ``laq_hash`` (sha256 of the laq.ckpt file), ``clip_key``, ``video_id``,
                 ``source``, ``episode_id``, ``task``, ``codebook_size``, ``has_actions``
-``actions.npy`` float32 (A,), the summed ground-truth actions of frames t..t+k-1, if known
+``actions.npy`` float32 (A,), the action of the pair (:func:`hlrp.data.actions.pair_action`:
+                the sum of frames t..t+k-1's rows), where every one of those rows is known
 ==============  ======================================================================
 
-Labels are written to ``output_dir/laq-<hash[:16]>/``, one tar per input shard, each under a
-temporary name and renamed when complete. A finished shard is never recomputed, so a killed
-run resumes where it stopped, and a checkpoint with different weights writes elsewhere: labels
-of two checkpoints are never mixed. ``output_dir/index.json`` points at the current labels.
+Labels are written to ``output_dir/labels-<key>/``, one tar per input shard, each under a
+temporary name and renamed when complete. The key hashes everything that defines the labels:
+the LAQ checkpoint's sha256, the label settings (image size, JPEG quality), the offset and the
+input shards (their real paths, sizes and modification times). A finished shard is never
+recomputed, so a killed run resumes where it stopped, and labels made with other weights,
+settings or shards go to another folder: two kinds of labels are never mixed.
+``output_dir/index.json`` points at the current labels and states what defines them.
 
 Before labelling, the LAQ report's gate is checked (``report=``): collapsed codes or codes
 that carry nothing stop the run with the reasons, unless ``label.allow_failed_gate=true``.
@@ -28,6 +32,7 @@ that carry nothing stop the run with the reasons, unless ``label.allow_failed_ga
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import io
 import json
 import multiprocessing as mp
@@ -44,50 +49,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from hlrp.common.cli import run
-from hlrp.common.config import LabelConfig, RootConfig
+from hlrp.common.config import LabelConfig, RootConfig, result_config
 from hlrp.common.io import atomic_open, file_sha256, write_json
 from hlrp.common.logging import get_logger
+from hlrp.data.actions import pair_action
 from hlrp.data.preprocess import progress_interval
 from hlrp.data.shards import decode_actions, decode_frames, iter_clips, resolve_shards
-from hlrp.laq.data import to_model_input
-from hlrp.laq.train import load_laq
+from hlrp.laq.export import load_laq, read_laq_config
+from hlrp.laq.gate import GateFailed, check_report_gate
+from hlrp.laq.model import to_model_input
 
 log = get_logger("laq.label")
 
 GATE_FAILED_EXIT = 3
-
-
-class GateFailed(RuntimeError):
-    """The LAQ report's gate failed; the message lists why."""
-
-
-def check_report_gate(
-    report_path: str | os.PathLike, allow_failed: bool, laq_path: str | os.PathLike | None = None
-) -> dict[str, Any]:
-    """Load the LAQ report and refuse to go on when its gate failed (unless allowed).
-
-    With ``laq_path``, the report must be about that very checkpoint (same file hash): a report
-    left over from other weights is treated as a failed gate.
-    """
-    path = Path(report_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LAQ report {path} does not exist (run the laq_report stage)")
-    report = json.loads(path.read_text())
-    gate = report.get("gate", {})
-    failures = list(gate.get("failures") or [])
-    if laq_path is not None and report.get("laq_sha256") != file_sha256(laq_path):
-        failures.append(f"the report is about other LAQ weights than {laq_path} (stale report)")
-    elif gate.get("passed", False):
-        return report
-    failures = failures or ["the report has no passing gate"]
-    text = "; ".join(failures)
-    if allow_failed:
-        log.warning("LAQ gate FAILED (%s) - labelling anyway: label.allow_failed_gate=true", text)
-        return report
-    raise GateFailed(
-        f"LAQ gate failed ({path}): {text}. Stage 2 would learn from these codes; fix LAQ "
-        "training, or label anyway with label.allow_failed_gate=true"
-    )
 
 
 def output_name(shard: str, root: str) -> str:
@@ -115,6 +89,21 @@ def _clip(sample: dict[str, Any]) -> dict[str, Any]:
             "actions": decode_actions(sample) if sample["meta"].get("has_actions") else None,
         }
     return sample["_decoded"]
+
+
+def labels_key(laq_hash: str, cfg: LabelConfig, offset: int, inputs: Sequence[str]) -> str:
+    """16 hex digits naming a set of labels: everything that defines them (module docstring)."""
+    shards = []
+    for url in inputs:
+        st = os.stat(url)
+        shards.append([os.path.realpath(url), st.st_size, st.st_mtime_ns])
+    payload = {
+        "laq": laq_hash,
+        "label": result_config(cfg),
+        "offset": int(offset),
+        "shards": shards,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _pairs(shard: str, k: int) -> Iterator[tuple[dict[str, Any], int]]:
@@ -145,7 +134,7 @@ def label_shard(
                 codes, _ = model.encode_actions(x)  # (B, L)
             for (sample, t), c in zip(batch, codes.cpu().tolist()):
                 meta = sample["meta"]
-                actions = _clip(sample)["actions"]
+                action = pair_action(_clip(sample)["actions"], t, k)  # None: not known
                 out = {
                     "__key__": f"{sample['__key__']}-{t:04d}",
                     "jpg": _image(sample, t, cfg.image_size, cfg.jpeg_quality),
@@ -162,13 +151,13 @@ def label_shard(
                             "episode_id": meta.get("episode_id", ""),
                             "task": meta.get("task", ""),
                             "codebook_size": model.cfg.codebook_size,
-                            "has_actions": actions is not None,
+                            "has_actions": action is not None,
                         }
                     ).encode(),
                 }
-                if actions is not None:
+                if action is not None:
                     buf = io.BytesIO()
-                    np.save(buf, np.nansum(actions[t : t + k], axis=0).astype(np.float32))
+                    np.save(buf, action)
                     out["actions.npy"] = buf.getvalue()
                 writer.write(out)
                 n += 1
@@ -209,11 +198,12 @@ def label(
     laq_path = str(laq_path)
     laq_hash = file_sha256(laq_path)
     out_root = Path(output_dir)
-    labels_dir = out_root / f"laq-{laq_hash[:16]}"
+    inputs = resolve_shards(shards)
+    key = labels_key(laq_hash, cfg, offset, inputs)
+    labels_dir = out_root / f"labels-{key}"
     labels_dir.mkdir(parents=True, exist_ok=True)
     for stale in labels_dir.glob(".*.tmp"):  # left by a killed run: never visible, now removed
         stale.unlink()
-    inputs = resolve_shards(shards)
     root = os.path.commonpath([os.path.dirname(s) for s in inputs]) if len(inputs) > 1 else ""
     todo, done = [], []
     for shard in inputs:
@@ -258,8 +248,12 @@ def label(
     index = {
         "laq_checkpoint": laq_path,
         "laq_hash": laq_hash,
+        "labels_key": key,
         "offset": offset,
         "image_size": cfg.image_size,
+        "jpeg_quality": cfg.jpeg_quality,
+        "codebook_size": read_laq_config(laq_path).codebook_size,
+        "code_seq_len": read_laq_config(laq_path).code_seq_len,
         "shards": [{**e, "path": f"{labels_dir.name}/{e['path']}"} for e in shard_list],
         "totals": {
             "shards": len(shard_list),
@@ -281,23 +275,24 @@ def label(
 
 
 def _main(cfg: RootConfig) -> int:
-    if not (cfg.laq and cfg.data.shards and cfg.output_dir):
-        log.error("label needs laq=PATH (laq.ckpt), data.shards=PATH and output_dir=PATH")
+    stage = cfg.laq
+    if not (cfg.laq_ckpt and stage.data.shards and cfg.output_dir):
+        log.error("label needs laq_ckpt=PATH (laq.ckpt), data.shards=PATH and output_dir=PATH")
         return 2
     if cfg.report:
         try:
-            check_report_gate(cfg.report, cfg.label.allow_failed_gate, cfg.laq)
+            check_report_gate(cfg.report, stage.label.allow_failed_gate, cfg.laq_ckpt)
         except GateFailed as e:
             log.error("%s", e)
             return GATE_FAILED_EXIT
-    offset = cfg.label.offset or cfg.data.offsets[0]
+    offset = stage.label.offset or stage.data.offsets[0]
     workers = cfg.workers or 1
-    label(cfg.laq, cfg.data.shards, cfg.output_dir, cfg.label, offset, workers=workers)
+    label(cfg.laq_ckpt, stage.data.shards, cfg.output_dir, stage.label, offset, workers=workers)
     return 0
 
 
 USAGE = """
-usage: python -m hlrp.laq.label laq=LAQ.ckpt data.shards=INDEX.json output_dir=DIR
+usage: python -m hlrp.laq.label laq_ckpt=LAQ.ckpt data.shards=INDEX.json output_dir=DIR
                                 [report=REPORT.json] [workers=N] [key=value ...]
 
 Labels every (t, t+k) pair of the shards with the LAQ's latent action codes. Resumable: a
@@ -307,7 +302,7 @@ finished output shard is never recomputed. With report=, a failed LAQ gate stops
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(_main, argv, USAGE)
+    return run(_main, argv, USAGE, stage="laq")
 
 
 if __name__ == "__main__":

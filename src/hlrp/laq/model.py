@@ -412,3 +412,19 @@ def maybe_compile(model: LAQ, cfg: LAQModelConfig) -> LAQ:
     if cfg.compile:
         model.compile()
     return model
+
+
+def to_model_input(frames: Tensor, image_size: int) -> Tensor:
+    """uint8 (B, 2, H, W, 3) frame pairs -> float (B, 2, 3, S, S) in [0, 1], resized when
+    H != S: the LAQ's input, shared by training, labelling and the report."""
+    x = frames.permute(0, 1, 4, 2, 3).float().div_(255)  # (B, 2, 3, H, W)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        B = x.shape[0]
+        x = F.interpolate(
+            x.flatten(0, 1),
+            size=(image_size, image_size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        ).unflatten(0, (B, 2))
+    return x

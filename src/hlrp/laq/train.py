@@ -6,13 +6,15 @@
 Writes into ``output_dir``:
 
 * ``laq.ckpt``: the trained model (``model_config``, ``state_dict``, ``global_step``,
-  ``config_hash``), what labelling and the report load (:func:`load_laq`);
+  ``resume_hash``), what labelling, the report and stage 2 load
+  (:func:`hlrp.laq.export.load_laq`);
 * ``config.yaml``: the resolved config of the run;
 * ``checkpoints/last.ckpt``: full training state (model, optimizer, scheduler, step, loader
-  position, RNG states), written atomically every ``training.checkpoint_every_n_steps``.
-  Running the same command again resumes from it (after a kill, a Slurm time limit or a
-  requeue) and continues exactly where it stopped; a checkpoint of a different config is set
-  aside instead;
+  position, RNG states of every rank), written atomically every
+  ``training.checkpoint_every_n_steps`` and at the end. Running the same command again
+  resumes an unfinished run (after a kill, a Slurm time limit or a requeue) exactly where it
+  stopped, continues a finished run when ``max_steps`` was raised, and otherwise trains anew,
+  moving the finished run to ``previous/run-NNN/`` (see :mod:`hlrp.common.checkpoint`);
 * ``logs/metrics.csv`` (and ``wandb/``, offline by default), ``samples/*.png`` grids of
   frame t | frame t+k | reconstruction | error, ``plots/training.png``, ``metrics.json``.
 
@@ -22,10 +24,8 @@ fraction of the codebook in use, learning rate.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import random
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
@@ -41,19 +40,24 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from hlrp.common import checkpoint
 from hlrp.common.cli import run
-from hlrp.common.config import LAQModelConfig, RootConfig, TrainingConfig, to_yaml
+from hlrp.common.config import LAQModelConfig, RootConfig, TrainingConfig, result_hash, to_yaml
 from hlrp.common.io import atomic_open, write_json, write_text
 from hlrp.common.logging import get_logger
-from hlrp.laq.data import LAQDataModule, to_model_input
-from hlrp.laq.model import LAQ, maybe_compile
+from hlrp.laq import TRAIN_RESULT_KEYS
+from hlrp.laq.data import LAQDataModule
+from hlrp.laq.export import export_laq
+from hlrp.laq.model import LAQ, maybe_compile, to_model_input
 
 log = get_logger("laq.train")
 
 
 def psnr(mse: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of images in [0, 1]."""
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    """PSNR in dB of images in [0, 1] (:func:`hlrp.common.metrics.psnr`)."""
+    from hlrp.common.metrics import psnr as shared_psnr
+
+    return shared_psnr(mse)
 
 
 def code_restart_due(step: int) -> int:
@@ -105,7 +109,7 @@ class LAQModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if self._pending_rng is not None:  # resumed: continue the RNG streams of the killed run
-            _set_rng_state(self._pending_rng)
+            checkpoint.set_rng_state(self._pending_rng)
             self._pending_rng = None
         # Dead-code restarts after every N-th optimizer step, done here at the start of the next
         # step (not in on_train_batch_end, which runs after the checkpoint callback): a
@@ -167,52 +171,26 @@ class LAQModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- exact resume: RNG streams travel with the checkpoint -------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, ckpt: dict[str, Any]) -> None:
         # every rank has its own RNG streams (NSVQ noise): gather them, rank 0 writes the file
-        state = _get_rng_state()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, state)
-        else:
-            states = [state]
-        checkpoint["rng_states"] = states
+        ckpt["rng_states"] = checkpoint.gather_rng_states()
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         # applied right before the next training step, after loaders have started (which
         # draws from the global RNG and would otherwise shift every later random number)
-        states = checkpoint.get("rng_states")
-        if isinstance(states, list):
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            self._pending_rng = states[rank] if rank < len(states) else None
-        else:
-            self._pending_rng = states
-
-
-def _get_rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        self._pending_rng = checkpoint.rng_state_for_rank(ckpt.get("rng_states"), rank)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints are written to a temporary file and renamed: a kill never leaves half a file."""
+    """Lightning's checkpoint I/O through :mod:`hlrp.common.checkpoint`: atomic, fsynced
+    writes; ``weights_only`` reads."""
 
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
+    def save_checkpoint(self, checkpoint_dict, path, storage_options=None) -> None:
+        checkpoint.save(checkpoint_dict, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return checkpoint.load(path, map_location=map_location or "cpu")
 
 
 class ReconstructionGrids(Callback):
@@ -299,16 +277,10 @@ class LogProgress(Callback):
         )
 
 
-def config_hash(cfg: RootConfig) -> str:
-    """What a checkpoint must match to be resumed: model, data and training settings."""
-    relevant = {
-        "model": asdict(cfg.model),
-        "data": asdict(cfg.data),
-        "training": asdict(cfg.training),
-        "seed": cfg.seed,
-    }
-    relevant["data"].pop("num_workers")
-    return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()[:16]
+def resume_hash(cfg: RootConfig) -> str:
+    """What a checkpoint must match to be resumed: :data:`hlrp.laq.TRAIN_RESULT_KEYS` less
+    ``max_steps``/``epochs`` (:func:`hlrp.common.config.result_hash`)."""
+    return result_hash(cfg, *TRAIN_RESULT_KEYS, resume=True)
 
 
 def validation_schedule(every_n_steps: int) -> dict[str, Any]:
@@ -327,13 +299,13 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "32-true"
 
 
-def make_loggers(out: Path, cfg: RootConfig, name: str) -> list:
+def make_loggers(out: Path, cfg: RootConfig, name: str, wandb_mode: str, run_hash: str) -> list:
     """CSV always; wandb unless disabled (``cluster.wandb_mode=disabled`` wins over the
     environment, else ``WANDB_MODE`` wins over the config). Online runs resume their wandb run
     after a restart; offline runs start a new offline run per attempt (an offline run cannot
     be reopened), which ``wandb sync`` uploads side by side."""
     loggers: list = [CSVLogger(str(out), name="logs", version="")]
-    mode = cfg.cluster.wandb_mode
+    mode = wandb_mode
     if mode != "disabled":
         mode = os.environ.get("WANDB_MODE", mode)
     if mode == "disabled":
@@ -344,7 +316,7 @@ def make_loggers(out: Path, cfg: RootConfig, name: str) -> list:
         log.warning("wandb is not installed: logging to CSV only")
         return loggers
     os.environ["WANDB_MODE"] = mode
-    resume = {"id": f"{name}-{config_hash(cfg)}", "resume": "allow"} if mode == "online" else {}
+    resume = {"id": f"{name}-{run_hash}", "resume": "allow"} if mode == "online" else {}
     loggers.append(
         WandbLogger(
             project="hlrp",
@@ -355,34 +327,6 @@ def make_loggers(out: Path, cfg: RootConfig, name: str) -> list:
         )
     )
     return loggers
-
-
-def _ckpt_meta(path: Path) -> dict[str, Any]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    return {
-        "config_hash": ckpt.get("hlrp", {}).get("config_hash"),
-        "global_step": ckpt.get("global_step", -1),
-    }
-
-
-def find_resume(out: Path, chash: str) -> str | None:
-    """The newest checkpoint of this config: ``checkpoints/last.ckpt`` or the ``hpc_ckpt_*``
-    Lightning writes when Slurm signals a time limit (SIGUSR1) before requeueing the job.
-
-    Checkpoints of another config are moved aside (``checkpoints.stale-<hash>``), not resumed.
-    """
-    candidates = [out / "checkpoints" / "last.ckpt", *sorted(out.glob("hpc_ckpt_*.ckpt"))]
-    found = [(p, _ckpt_meta(p)) for p in candidates if p.is_file()]
-    mine = [(m["global_step"], str(p)) for p, m in found if m["config_hash"] == chash]
-    stale = [(p, m) for p, m in found if m["config_hash"] != chash]
-    for p, m in stale:
-        dest = out / f"checkpoints.stale-{m['config_hash'] or 'unknown'}"
-        dest.mkdir(parents=True, exist_ok=True)
-        os.replace(p, dest / p.name)
-        log.warning("config changed since %s was written: moved it to %s", p, dest)
-    if stale and not mine:
-        log.warning("training from scratch")
-    return max(mine)[1] if mine else None
 
 
 class KillAtStep(Callback):
@@ -401,33 +345,13 @@ class KillAtStep(Callback):
 
 
 class StampConfig(Callback):
-    """Store the config hash in every checkpoint (checked before resuming)."""
+    """Store the resume hash and the world size in every checkpoint (checked before resuming)."""
 
-    def __init__(self, chash: str):
-        self.chash = chash
+    def __init__(self, rhash: str, world_size: int):
+        self.meta = checkpoint.stamp(rhash, world_size)
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        checkpoint["hlrp"] = {"config_hash": self.chash}
-
-
-def export(path: Path, module: LAQModule, chash: str, step: int) -> None:
-    """The trained model alone, for labelling and the report."""
-    payload = {
-        "model_config": asdict(module.model_cfg),
-        "state_dict": {k: v.detach().cpu() for k, v in module.model.state_dict().items()},
-        "global_step": step,
-        "config_hash": chash,
-    }
-    with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
-
-
-def load_laq(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LAQ:
-    """Load an exported ``laq.ckpt`` (written by training) into an eval-mode :class:`LAQ`."""
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    model = LAQ(LAQModelConfig(**payload["model_config"]))
-    model.load_state_dict(payload["state_dict"])
-    return model.eval()
+    def on_save_checkpoint(self, trainer, pl_module, ckpt) -> None:
+        ckpt[checkpoint.META_KEY] = self.meta
 
 
 def keep_previous_metrics(log_dir: Path) -> None:
@@ -484,25 +408,30 @@ def save_training_plot(metrics_csv: Path, out_png: Path) -> None:
 
 
 def train(cfg: RootConfig) -> dict[str, Any]:
-    if not isinstance(cfg.model, LAQModelConfig):
-        raise ValueError(f"experiment {cfg.name!r} has no LAQ model (model.name={cfg.model.name})")
-    if not cfg.output_dir or not cfg.data.shards:
+    stage = cfg.laq
+    if not cfg.output_dir or not stage.data.shards:
         raise ValueError("train_laq needs data.shards=PATH (index.json) and output_dir=PATH")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    chash = config_hash(cfg)
-    write_text(out / "config.yaml", to_yaml(cfg))
+    rhash = resume_hash(cfg)
 
-    world = cfg.cluster.devices * cfg.cluster.num_nodes
-    dm = LAQDataModule(cfg.data, cfg.data.shards, seed=cfg.seed, world_size=world)
-    t = cfg.training
+    cl, t = stage.cluster, stage.training
+    world = cl.devices * cl.num_nodes
+    dm = LAQDataModule(stage.data, stage.data.shards, seed=cfg.seed, world_size=world)
     dm.setup("fit")
     steps_per_epoch = max(1, len(dm.train_dataloader()) // max(1, t.accumulate_grad_batches))
     total_steps = steps_per_epoch * t.epochs
     if t.max_steps > 0:
         total_steps = min(total_steps, t.max_steps)
-    module = LAQModule(cfg.model, t, total_steps)
+    plan = checkpoint.prepare_run(
+        out, rhash, world, total_steps, candidates=("checkpoints/last.ckpt", "hpc_ckpt_*.ckpt")
+    )
+    log.info("%s", plan.reason)
+    if plan.resume:
+        keep_previous_metrics(out / "logs")
+    write_text(out / "config.yaml", to_yaml(cfg))
+    module = LAQModule(stage.model, t, total_steps)
     log.info(
         "LAQ with %.2f M parameters, %d training steps",
         module.model.num_params() / 1e6,
@@ -519,7 +448,7 @@ def train(cfg: RootConfig) -> dict[str, Any]:
     )
     callbacks = [
         ckpt_cb,
-        StampConfig(chash),
+        StampConfig(rhash, world),
         LearningRateMonitor(logging_interval="step"),
         ReconstructionGrids(
             out,
@@ -533,7 +462,6 @@ def train(cfg: RootConfig) -> dict[str, Any]:
     interactive = sys.stderr.isatty()
     if not interactive:
         callbacks.append(LogProgress(t.log_every_n_steps, total_steps))
-    cl = cfg.cluster
     trainer = L.Trainer(
         default_root_dir=str(out),
         accelerator=cl.accelerator,
@@ -549,7 +477,7 @@ def train(cfg: RootConfig) -> dict[str, Any]:
         **validation_schedule(t.validation.every_n_steps),
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        logger=make_loggers(out, cfg, "laq"),
+        logger=make_loggers(out, cfg, "laq", cl.wandb_mode, rhash),
         # Slurm: Lightning must not requeue jobs itself (Snakemake or the sbatch template
         # resubmits them; the rerun resumes from checkpoints/last.ckpt)
         plugins=[
@@ -569,33 +497,31 @@ def train(cfg: RootConfig) -> dict[str, Any]:
         cl.num_nodes,
         type(env).__name__,
     )
-    resume = find_resume(out, chash)
-    if resume:
-        log.info("resuming from %s", resume)
-        keep_previous_metrics(out / "logs")
-    # our own checkpoints hold RNG states (numpy arrays): not loadable with weights_only=True
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=False)
+        trainer.fit(module, datamodule=dm, ckpt_path=plan.resume, weights_only=True)
     except SIGTERMException as e:  # scancel, a time limit: fail, so the job is retried/resumed
         log.error(
             "terminated at step %d; the next run resumes from the last checkpoint",
             trainer.global_step,
         )
         raise SystemExit(143) from e
+    # the final state, so a later run with a larger max_steps continues from here (all ranks)
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if t.validation.every_n_steps > 0 and dm.val_dataloader():  # final validation, all ranks
         final = trainer.validate(module, datamodule=dm, verbose=False)
         metrics.update({k: float(v) for k, v in final[0].items()})
     if trainer.is_global_zero:
-        export(out / "laq.ckpt", module, chash, trainer.global_step)
+        export_laq(out / "laq.ckpt", module.model, rhash, trainer.global_step)
         write_json(
             out / "metrics.json",
-            {"global_step": trainer.global_step, "config_hash": chash, **metrics},
+            {"global_step": trainer.global_step, "resume_hash": rhash, **metrics},
         )
         csv_path = out / "logs" / "metrics.csv"
         if csv_path.is_file():
             save_training_plot(csv_path, out / "plots" / "training.png")
+        checkpoint.mark_finished(out, rhash, trainer.global_step)
         log.info("wrote %s (step %d)", out / "laq.ckpt", trainer.global_step)
     return metrics
 
@@ -604,7 +530,10 @@ USAGE = """
 usage: python -m hlrp.laq.train experiment=NAME data.shards=INDEX.json output_dir=DIR [key=value ...]
 
 Trains the latent action quantizer on preprocess shards. Running the same command again
-resumes from output_dir/checkpoints/last.ckpt. Overfitting one pair (a debugging recipe):
+resumes an unfinished run from output_dir/checkpoints/last.ckpt, continues a finished one
+whose max_steps was raised, and otherwise trains anew (the finished run moves to
+output_dir/previous/). Short keys: data.X, model.X, training.X, cluster.X mean laq.data.X...
+Overfitting one pair (a debugging recipe):
   experiment=laq_debug data.pair_level=true data.max_samples=1 data.val_split=0.0 \\
   training.epochs=1000 training.validation.visualize_train=true
 """
@@ -615,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train(cfg)
         return 0
 
-    return run(_main, argv, USAGE)
+    return run(_main, argv, USAGE, stage="laq")
 
 
 if __name__ == "__main__":

@@ -459,7 +459,7 @@ def _main(cfg: RootConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``hlrp-demo-videos``); returns the exit code."""
-    return run(_main, argv, USAGE)
+    return run(_main, argv, USAGE, stage="laq")
 
 
 if __name__ == "__main__":

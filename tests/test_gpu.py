@@ -1,0 +1,104 @@
+"""GPU paths of stage 1: bf16 training, labelling and the report on CUDA (marked ``gpu``).
+
+Skipped without a CUDA device; ``bench/gpu_suite.sh`` runs them on a lent GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import MICRO_LAQ, make_small_corpus
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    from hlrp.common.config import load
+    from hlrp.data.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("gpu_data")
+    make_small_corpus(root, n=6, frames=40)
+    c = load(["data.preprocess.resolution=32", "data.preprocess.fps=10"])
+    preprocess(root / "videos", root / "shards", c.data.preprocess, actions_dir=root / "actions")
+    return root / "shards"
+
+
+def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600
+    )
+
+
+MICRO = [f"model.{k}={v}" for k, v in vars(MICRO_LAQ).items() if not isinstance(v, list)]
+
+
+def test_bf16_training_on_gpu(shards, tmp_path):
+    out = tmp_path / "laq"
+    proc = _cli(
+        "hlrp.laq.train",
+        "experiment=demo_tiny",
+        f"data.shards={shards}",
+        f"output_dir={out}",
+        *MICRO,
+        "data.offsets=[2]",
+        "data.val_split=0.3",
+        "training.precision=bf16-mixed",
+        "training.max_steps=40",
+        "training.checkpoint_every_n_steps=20",
+        "training.validation.every_n_steps=20",
+        "cluster.accelerator=gpu",
+        "cluster.wandb_mode=disabled",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 40
+    assert torch.isfinite(torch.tensor(metrics["val/mse"]))
+    rows = (out / "logs" / "metrics.csv").read_text().splitlines()
+    assert len(rows) > 2
+    return out
+
+
+def test_labelling_and_report_on_gpu(shards, tmp_path):
+    from hlrp.common.config import LabelConfig
+    from hlrp.laq.export import export_laq, load_laq
+    from hlrp.laq.label import label
+    from hlrp.laq.model import LAQ
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "laq.ckpt"
+    export_laq(ckpt, LAQ(MICRO_LAQ), "gpu-test", 0)
+    index = label(ckpt, shards, tmp_path / "labels", LabelConfig(image_size=32), offset=2)
+    assert index["totals"]["pairs"] > 0
+    # bf16 codes on the GPU agree with fp32 codes on the CPU for nearly every pair
+    from hlrp.data.shards import decode_frames, iter_clips
+    from hlrp.laq.model import to_model_input
+
+    clip = next(iter(iter_clips(shards)))
+    frames = torch.from_numpy(decode_frames(clip))
+    pairs = torch.stack([frames[[t, t + 2]] for t in range(len(frames) - 2)])
+    x = to_model_input(pairs, 32)
+    cpu, _ = load_laq(ckpt).encode_actions(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        gpu, _ = load_laq(ckpt, map_location="cuda").encode_actions(x.cuda())
+    agree = (cpu == gpu.cpu()).float().mean().item()
+    assert agree >= 0.9, agree
+
+    proc = _cli(
+        "hlrp.laq.report",
+        "experiment=demo_tiny",
+        f"laq_ckpt={ckpt}",
+        f"data.shards={shards}",
+        "data.offsets=[2]",
+        "data.val_split=0.3",
+        f"output_dir={tmp_path / 'report'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["reconstruction"] and "gate" in report
