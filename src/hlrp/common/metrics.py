@@ -1,13 +1,14 @@
-"""Image metrics shared by training, the LAQ report and later stages."""
+"""Metrics shared by training, the LAQ report and later stages."""
 
 from __future__ import annotations
 
-from typing import overload
+import math
+from typing import Any, overload
 
 import numpy as np
 import torch
 
-__all__ = ["MSE_FLOOR", "psnr"]
+__all__ = ["MSE_FLOOR", "finite", "psnr"]
 
 MSE_FLOOR = 1e-10  # identical images: PSNR capped at 100 dB instead of infinity
 
@@ -24,3 +25,12 @@ def psnr(mse):
         return 10 * torch.log10(1.0 / mse.clamp_min(MSE_FLOOR))
     out = 10 * np.log10(1.0 / np.maximum(mse, MSE_FLOOR))
     return float(out) if np.ndim(out) == 0 else out
+
+
+def finite(x: Any) -> float | None:
+    """``x`` as a finite float, or None for missing, non-numeric or NaN/inf values."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None

@@ -21,7 +21,6 @@ is what labelling runs on a ``report.json`` file before it starts.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 from hlrp.common.config import LAQReportConfig
 from hlrp.common.io import file_sha256
 from hlrp.common.logging import get_logger
+from hlrp.common.metrics import finite
 
 __all__ = [
     "GateCheck",
@@ -61,15 +61,6 @@ class GateCheck:
     message: str  # why it failed / why it does not apply ("" when it passed)
 
 
-def _num(x: Any) -> float | None:
-    """A finite float, or None for missing / NaN values."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def gate_thresholds(cfg: LAQReportConfig) -> dict[str, float | None]:
     """Every gated check's threshold, by name (None: the check is not gated)."""
     return {
@@ -91,7 +82,7 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
     checks: list[GateCheck] = []
 
     def add(key: str, label: str, value: Any, threshold: float | None, message: str) -> None:
-        v = _num(value)
+        v = finite(value)
         if threshold is None:
             checks.append(GateCheck(key, label, v, None, NOT_GATED, ""))
         elif v is not None and v >= threshold:
@@ -99,11 +90,11 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
         else:
             checks.append(GateCheck(key, label, v, threshold, FAIL, message))
 
-    ppl = _num(cb.get("perplexity"))
+    ppl = finite(cb.get("perplexity"))
     if ppl is None:
         msg = "codes collapsed: code perplexity was not measured (no pairs evaluated?)"
     else:
-        share = _num(cb.get("most_common_code_fraction"))
+        share = finite(cb.get("most_common_code_fraction"))
         extra = (
             f"; code {cb.get('most_common_code')} is {share:.0%} of all codes"
             if share is not None
@@ -115,7 +106,7 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
         )
     add("min_perplexity", "code perplexity", ppl, cfg.min_perplexity, msg)
 
-    used = _num(cb.get("used_fraction"))
+    used = finite(cb.get("used_fraction"))
     if used is None:
         msg = "codes collapsed: codebook use was not measured (no pairs evaluated?)"
     else:
@@ -125,7 +116,7 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
         )
     add("min_used_fraction", "codebook used fraction", used, cfg.min_used_fraction, msg)
 
-    seq_ppl = _num(cb.get("sequence_perplexity"))
+    seq_ppl = finite(cb.get("sequence_perplexity"))
     label = "code sequence perplexity"
     if seq_ppl is None:  # reports written before sequences were counted
         checks.append(
@@ -140,7 +131,7 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
         )
     else:
         top = (cb.get("top_sequences") or [{}])[0]
-        share = _num(top.get("fraction"))
+        share = finite(top.get("fraction"))
         extra = f"; {top.get('codes')} is {share:.0%} of all pairs" if share is not None else ""
         msg = (
             f"code sequences collapsed: sequence perplexity {seq_ppl:.3f} < "
@@ -148,7 +139,7 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
         )
         add("min_sequence_perplexity", label, seq_ppl, cfg.min_sequence_perplexity, msg)
 
-    drop = _num(sh.get("psnr_drop_db"))
+    drop = finite(sh.get("psnr_drop_db"))
     if drop is None:
         msg = (
             "the codes carry almost nothing: the shuffled-codes PSNR drop was not measured "
@@ -169,7 +160,7 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
     )
 
     probe = act.get("probe") or {}
-    r2 = _num((probe.get("r2") or {}).get("codes"))
+    r2 = finite((probe.get("r2") or {}).get("codes"))
     label = "held-out R² of the codes -> actions probe"
     if cfg.min_probe_r2 is not None and not probe.get("applicable", act.get("available")):
         why = probe.get("note") or act.get("note") or "no ground-truth actions"
@@ -181,7 +172,7 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
             msg = "the codes do not predict the actions: the probe R² was not measured"
         else:
             ci = probe.get("r2_ci95", {}).get("codes") or [None, None]
-            lo, hi = _num(ci[0]), _num(ci[1])
+            lo, hi = finite(ci[0]), finite(ci[1])
             interval = f", 95% interval [{lo:.3f}, {hi:.3f}]" if None not in (lo, hi) else ""
             msg = (
                 f"the codes do not predict the actions: held-out probe R² {r2:.3f}{interval} "

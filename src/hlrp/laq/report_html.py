@@ -8,11 +8,12 @@ rows. Values are plain text: the template escapes them.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jinja2
 import numpy as np
+
+from hlrp.common.metrics import finite
 
 __all__ = ["fmt", "render_html", "summary_rows"]
 
@@ -32,14 +33,6 @@ PROBE_LABELS = {
 }
 
 
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def fmt(v: Any, digits: int = 3) -> str:
     """A value as text for the table and the log ("n/a" for missing or non-finite numbers)."""
     if v is None:
@@ -48,7 +41,7 @@ def fmt(v: Any, digits: int = 3) -> str:
         return "yes" if v else "no"
     if isinstance(v, int | np.integer):
         return str(int(v))
-    x = _num(v)
+    x = finite(v)
     if x is None:
         return "n/a" if isinstance(v, float | np.floating) else str(v)
     return f"{x:.{digits}f}"
@@ -85,7 +78,7 @@ def summary_rows(report: dict) -> list[dict[str, Any]]:
     act = report.get("actions", {})
     data = report.get("data", {})
     rows = _gate_rows(report)
-    gain = _num(rec.get("psnr_gain_db"))
+    gain = finite(rec.get("psnr_gain_db"))
     rows += [
         _row("reconstruction", "PSNR of frame t+k, LAQ (dB)", fmt(rec.get("psnr_db"))),
         _row("reconstruction", "PSNR, copy frame t baseline (dB)", fmt(rec.get("psnr_copy_db"))),
@@ -133,7 +126,7 @@ def summary_rows(report: dict) -> list[dict[str, Any]]:
     probe = act.get("probe") or {}
     if act.get("available") and probe.get("applicable"):
         r2, ci = probe["r2"], probe.get("r2_ci95", {})
-        codes, pix = _num(r2.get("codes")), _num(r2.get("pixels"))
+        codes, pix = finite(r2.get("codes")), finite(r2.get("pixels"))
         for name, label in PROBE_LABELS.items():
             lo, hi = (ci.get(name) or [None, None])[:2]
             interval = f" [{fmt(lo)}, {fmt(hi)}]" if lo is not None and hi is not None else ""
@@ -163,7 +156,7 @@ def summary_rows(report: dict) -> list[dict[str, Any]]:
         rows.append(_row("actions", "action probes", str(probe.get("note", "n/a"))))
     if act.get("available"):
         nm = act.get("nmi", {})
-        n_v, n_c = _num(nm.get("nmi")), _num(nm.get("nmi_chance"))
+        n_v, n_c = finite(nm.get("nmi")), finite(nm.get("nmi_chance"))
         rows += [
             _row(
                 "actions",
