@@ -59,6 +59,10 @@ def cli_corpus(tmp_path_factory) -> Path:
         "demo.episodes_per_task=1",
         f"demo.resolution={RESOLUTION}",
         "demo.seed=0",
+        # the rest as DemoConfig's defaults (the demo experiment sets its own corpus)
+        f"demo.steps_per_frame={DemoConfig().steps_per_frame}",
+        f"demo.action_noise={DemoConfig().action_noise}",
+        f"demo.max_steps={DemoConfig().max_steps}",
         "workers=2",
     ]
     assert main(argv) == 0
