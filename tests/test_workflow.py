@@ -254,7 +254,7 @@ def test_demo_workflow_end_to_end(project):
     probe = report["actions"]["probe"]
     threshold = report["gate"]["thresholds"]["min_probe_r2"]
     assert threshold is not None and probe["r2"]["codes"] >= threshold
-    assert probe["r2"]["codes"] > probe["r2"]["pixels"]
+    assert report["code_shuffle"]["psnr_drop_db"] >= 1.0  # decoding with other codes costs
     assert (project / "results/laq_report/report.html").is_file()
     log = (project / "logs/label_latents/label_latents.log").read_text()
     assert "labelling anyway" not in log
