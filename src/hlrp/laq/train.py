@@ -45,19 +45,13 @@ from hlrp.common.cli import run
 from hlrp.common.config import LAQModelConfig, RootConfig, TrainingConfig, result_hash, to_yaml
 from hlrp.common.io import atomic_open, write_json, write_text
 from hlrp.common.logging import get_logger
+from hlrp.common.metrics import psnr
 from hlrp.laq import TRAIN_RESULT_KEYS
 from hlrp.laq.data import LAQDataModule
 from hlrp.laq.export import export_laq
 from hlrp.laq.model import LAQ, maybe_compile, to_model_input
 
 log = get_logger("laq.train")
-
-
-def psnr(mse: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of images in [0, 1] (:func:`hlrp.common.metrics.psnr`)."""
-    from hlrp.common.metrics import psnr as shared_psnr
-
-    return shared_psnr(mse)
 
 
 def code_restart_due(step: int) -> int:
