@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_small_corpus
+from conftest import count_calls, make_small_corpus
 from hlrp.common.config import load
 from hlrp.data.preprocess import preprocess
 from hlrp.data.shards import write_index
@@ -285,15 +285,7 @@ def _same_batches(a: list[dict], b: list[dict]) -> bool:
 @pytest.fixture
 def count_decodes(monkeypatch) -> list[int]:
     """Counts the frame-pair decodes of this process (what skipping a batch must not do)."""
-    calls = [0]
-    decode = laq_data.decode_frames
-
-    def counting(sample, indices=None):
-        calls[0] += 1
-        return decode(sample, indices)
-
-    monkeypatch.setattr(laq_data, "decode_frames", counting)
-    return calls
+    return count_calls(monkeypatch, laq_data, "decode_frames")
 
 
 @pytest.mark.parametrize("pair_level", [False, True])

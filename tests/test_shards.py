@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import count_calls
 from hlrp.data.shards import (
     ClipStream,
     ShardWriter,
@@ -175,14 +176,7 @@ def test_stream_positions_without_decoding_and_shares_it_among_workers(
     ds.set_epoch(1)
     assert _pairs_keys(batches(ds, workers)) == reference
 
-    calls = [0]
-    decode = shards_mod.decode_frames
-
-    def counting(sample, indices=None):
-        calls[0] += 1
-        return decode(sample, indices)
-
-    monkeypatch.setattr(shards_mod, "decode_frames", counting)
+    calls = count_calls(monkeypatch, shards_mod, "decode_frames")
     ds = make()
     ds.set_position(1, 15)
     assert (ds.epoch, ds.start) == (1, 15)

@@ -244,6 +244,7 @@ def label(
     bar.close()
     seconds = time.perf_counter() - t0
     shard_list = [entries[s] for s in inputs]
+    vocab = read_laq_config(laq_path)
     total = sum(e["samples"] for e in shard_list)
     index = {
         "laq_checkpoint": laq_path,
@@ -252,8 +253,8 @@ def label(
         "offset": offset,
         "image_size": cfg.image_size,
         "jpeg_quality": cfg.jpeg_quality,
-        "codebook_size": read_laq_config(laq_path).codebook_size,
-        "code_seq_len": read_laq_config(laq_path).code_seq_len,
+        "codebook_size": vocab.codebook_size,
+        "code_seq_len": vocab.code_seq_len,
         "shards": [{**e, "path": f"{labels_dir.name}/{e['path']}"} for e in shard_list],
         "totals": {
             "shards": len(shard_list),
