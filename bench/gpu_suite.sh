@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One command for every GPU figure of the project, on one lent H100/H200 (about 8 minutes):
+# One command for every GPU figure of the project, on one lent H100/H200 (about 10 minutes):
 #   bash bench/gpu_suite.sh            # writes bench/results/*.json and bench/results/gpu_suite.log
 # 1. LAQ training at laq_full (LAPA's 344 M model), batch 64, bf16: eager and compiled
 #    (samples/s, MFU from the corrected FLOP count, peak memory, compile time);
 # 2. labelling pairs/s at laq_full (synthetic 256 px clips: no simulator needed);
-# 3. the `gpu`-marked tests (bf16 training, labelling, the report on CUDA).
+# 3. foundation (stage 2) training of a ~0.5 B Qwen2-VL-shaped backbone, batch 64, bf16, with
+#    and without gradient checkpointing (tokens/s, samples/s, MFU from counted FLOPs, memory);
+# 4. the `gpu`-marked tests (bf16 training, labelling, the reports, Fabric FSDP2 on CUDA).
 # Later stages add their rows here. Each step has its own time limit, so one slow step
 # cannot eat the others' time; a failed step is reported and the suite goes on.
 set -uo pipefail
@@ -48,6 +50,8 @@ step laq_full_compiled 240 $PY bench/laq_train_throughput.py --model laq --batch
   --compile --steps 10 --repeats 3 "${peak_arg[@]}"
 step label_laq_full 120 $PY bench/label_throughput.py --model laq --image-size 224 \
   --batch 256 --synthetic
-step gpu_tests 180 $PY -m pytest -q -m gpu tests/test_gpu.py
+step foundation_0.5b 300 env HF_HUB_OFFLINE=1 $PY bench/foundation_throughput.py --preset 0.5b \
+  --batch 64 --bf16 --steps 5 --repeats 2 "${peak_arg[@]}"
+step gpu_tests 240 env HF_HUB_OFFLINE=1 $PY -m pytest -q -m gpu tests/test_gpu.py
 echo "gpu_suite: $failed step(s) failed; JSON in bench/results/" | tee -a "$LOG"
 exit $((failed > 0))

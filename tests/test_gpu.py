@@ -102,3 +102,43 @@ def test_labelling_and_report_on_gpu(shards, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["reconstruction"] and "gate" in report
+
+
+@pytest.mark.parametrize("strategy", ["auto", "fsdp"])
+def test_foundation_bf16_on_gpu(strategy, tmp_path):
+    """Stage 2 on CUDA: bf16-mixed (autocast; under FSDP2 its mixed-precision policy), the
+    exported model loads and generates codes on the GPU, and the report runs there."""
+    from labels import make_labels
+
+    index, laq = make_labels(tmp_path / "data", MICRO_LAQ)
+    out = tmp_path / "foundation"
+    proc = _cli(
+        "hlrp.foundation.train",
+        "name=gpu",
+        "model.backbone=tiny-smolvlm",
+        f"data.labels={index}",
+        f"laq_ckpt={laq}",
+        f"output_dir={out}",
+        "data.val_split=0.25",
+        "training.max_steps=20",
+        "training.log_every_n_steps=5",
+        "training.optimizer.lr=3e-3",
+        "cluster.accelerator=gpu",
+        f"cluster.strategy={strategy}",
+        "cluster.wandb_mode=disabled",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "precision bf16-mixed" in proc.stderr, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 20 and metrics["train/loss"] < 10
+    proc = _cli(
+        "hlrp.foundation.report",
+        "name=gpu",
+        f"model_dir={out / 'model'}",
+        f"data.labels={index}",
+        f"output_dir={tmp_path / 'report'}",
+        "data.val_split=0.25",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["held_out"]["pairs"] > 0

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from hlrp.common.config import load, result_digest
+from hlrp.foundation import TRAIN_RESULT_KEYS as FOUNDATION_RESULT_KEYS
 from hlrp.laq import TRAIN_RESULT_KEYS
 from hlrp.data.preprocess import chunk_of
 from hlrp.data.video import list_videos
@@ -23,6 +24,9 @@ SHARD_INDEX = f"{SHARDS}/index.json"
 LAQ_NODES = config["train_laq"]["nodes"]
 LAQ_GPUS = config["train_laq"]["gpus_per_node"]
 LAQ_TASKS = LAQ_NODES * LAQ_GPUS
+VLA_NODES = config["train_foundation"]["nodes"]
+VLA_GPUS = config["train_foundation"]["gpus_per_node"]
+VLA_TASKS = VLA_NODES * VLA_GPUS
 
 
 def launch_prefix(tasks):
@@ -39,6 +43,8 @@ RULE_STAGE = {
     "train_laq": "laq",
     "laq_report": "laq",
     "label_latents": "laq",
+    "train_foundation": "foundation",
+    "foundation_report": "foundation",
 }
 # Set by the workflow from its own resource settings: a user override would desync Slurm.
 RESERVED = ("cluster.devices", "cluster.num_nodes")

@@ -151,7 +151,11 @@ class FoundationModelConfig:
     max_text_tokens: int = 64
     image_size: int = 224
     gradient_checkpointing: bool = False
-    freeze_vision: bool = False
+    freeze_vision: bool = False  # keep the vision tower's weights (the connector still trains)
+    lora_rank: int = 0  # > 0: train LoRA adapters (peft) on the language model, not its weights
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    attn_implementation: str | None = None  # sdpa | flash_attention_2 | eager (None: default)
 
 
 # --------------------------------------------------------------------------------------
@@ -292,7 +296,19 @@ class FoundationDataConfig:
     val_split: float = 0.05  # fraction of videos held out (the same split function as stage 1)
     batch_size: int = 8  # per process
     num_workers: int = field(default=2, metadata=NOT_RESULT)
-    shuffle_buffer: int = 1024
+    mix_shards: int = 8  # shards read and shuffled together per stream segment (per process)
+    max_val_pairs: int = field(default=512, metadata=NOT_RESULT)  # held-out pairs in training
+
+
+@dataclass
+class FoundationReportConfig:
+    """The foundation report (``hlrp.foundation.report``) on held-out videos."""
+
+    max_pairs: int = 4096  # held-out pairs evaluated (0: all)
+    batch_size: int = field(default=32, metadata=NOT_RESULT)
+    calibration_bins: int = 10
+    bootstrap: int = 1000  # resamples of held-out videos for the 95 % intervals
+    seed: int = 0
 
 
 @dataclass
@@ -303,6 +319,7 @@ class FoundationStageConfig:
     data: FoundationDataConfig = field(default_factory=FoundationDataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    report: FoundationReportConfig = field(default_factory=FoundationReportConfig)
 
 
 @dataclass
@@ -359,6 +376,7 @@ class RootConfig:
     workers: int = field(default=0, metadata=NOT_RESULT)  # worker processes; 0: all CPUs allowed
     laq_ckpt: str | None = field(default=None, metadata=PATH)  # a trained LAQ (laq.ckpt)
     report: str | None = field(default=None, metadata=PATH)  # the laq_report JSON labelling checks
+    model_dir: str | None = field(default=None, metadata=PATH)  # a trained foundation model
     chunk: int | None = None  # preprocess only the videos of this chunk (see num_chunks)
     num_chunks: int = 1  # the workflow splits a corpus into this many preprocess jobs
 
@@ -380,6 +398,7 @@ STAGE_ALIASES = {
         "data": "foundation.data",
         "training": "foundation.training",
         "cluster": "foundation.cluster",
+        "report": "foundation.report",
     },
     "low_level": {
         "model": "low_level.model",

@@ -24,7 +24,6 @@ fraction of the codebook in use, learning rate.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from hlrp.common.config import LAQModelConfig, RootConfig, TrainingConfig, resul
 from hlrp.common.io import atomic_open, write_json, write_text
 from hlrp.common.logging import get_logger
 from hlrp.common.metrics import psnr
+from hlrp.common.optim import lr_lambda
 from hlrp.laq import TRAIN_RESULT_KEYS
 from hlrp.laq.data import LAQDataModule
 from hlrp.laq.export import export_laq
@@ -64,24 +64,6 @@ def code_restart_due(step: int) -> int:
         if step <= until:
             return every if step > 0 and step % every == 0 else 0
     return 0
-
-
-def lr_lambda(cfg: TrainingConfig, total_steps: int):
-    """Linear warmup, then constant or cosine decay to ``min_lr_ratio``."""
-    warmup = cfg.scheduler.warmup_steps
-    floor = cfg.scheduler.min_lr_ratio
-
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if cfg.scheduler.name == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    if cfg.scheduler.name not in ("constant", "cosine"):
-        raise ValueError(f"training.scheduler.name={cfg.scheduler.name!r}: use constant or cosine")
-    return f
 
 
 class LAQModule(L.LightningModule):

@@ -1,0 +1,236 @@
+"""Stage 2's data: the labelled shards of ``label_latents``, streamed per rank, and the batches
+the backbone's own processor makes of them.
+
+Training stream (:class:`LabelStream`): an endless sequence of *segments*. Segment j of rank r
+draws ``mix`` shards at random with replacement (``seed, r, j`` seed the draw: resampling, so
+every rank takes the same number of steps whatever the shard count), reads their training
+pairs (videos not in ``val_split``; JPEG bytes, not decoded) and shuffles them together. The
+stream's position is ``(segment, index)``: a checkpoint stores it, and a resumed run rebuilds
+that one segment and continues exactly where it stopped, reading at most ``mix`` shards.
+
+Held-out pairs (:func:`held_out`): the pairs of the ``val_split`` videos, in file order (the
+same split function as stage 1, :func:`hlrp.data.split.is_val_video`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from hlrp.common.io import file_sha256
+from hlrp.data.split import is_val_video
+
+
+@dataclass
+class LabelSet:
+    """A labels index (``results/labels/index.json``) checked against the LAQ it came from."""
+
+    index: str
+    shards: list[str]
+    codebook_size: int
+    code_seq_len: int
+    laq_hash: str
+    labels_key: str
+    image_size: int
+    pairs: int
+
+
+def open_labels(index_path: str, laq_ckpt: str | None) -> LabelSet:
+    """Read a labels index; with ``laq_ckpt``, refuse labels made by another LAQ or with
+    another vocabulary than that checkpoint's (the vocabulary stage 2 adds)."""
+    from hlrp.laq.export import laq_vocabulary
+
+    path = Path(index_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels index {path} does not exist (run label_latents first)")
+    try:
+        index = json.loads(path.read_text())
+        shards = [str(path.parent / s["path"]) for s in index["shards"]]
+        labels = LabelSet(
+            str(path),
+            shards,
+            int(index["codebook_size"]),
+            int(index["code_seq_len"]),
+            str(index["laq_hash"]),
+            str(index.get("labels_key", "")),
+            int(index.get("image_size", 0)),
+            int(index.get("totals", {}).get("pairs", 0)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is not a labels index of label_latents ({e!r})") from e
+    missing = [s for s in shards if not Path(s).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path}: {len(missing)} labelled shards are missing: {missing[:3]}"
+        )
+    if laq_ckpt:
+        k, seq = laq_vocabulary(laq_ckpt)
+        if (k, seq) != (labels.codebook_size, labels.code_seq_len):
+            raise ValueError(
+                f"{path} has codebook size {labels.codebook_size} x {labels.code_seq_len} codes "
+                f"but the LAQ {laq_ckpt} has {k} x {seq}: the labels come from another LAQ; "
+                "label the shards again with this checkpoint (rule label_latents)"
+            )
+        sha = file_sha256(laq_ckpt)
+        if sha != labels.laq_hash:
+            raise ValueError(
+                f"{path} was labelled by the LAQ with sha256 {labels.laq_hash[:16]}..., not by "
+                f"{laq_ckpt} ({sha[:16]}...): label the shards again with this checkpoint"
+            )
+    return labels
+
+
+def _read_shard(shard: str) -> Iterator[dict[str, Any]]:
+    for sample in wds.tariterators.tarfile_samples([{"url": shard}]):
+        meta = json.loads(sample["json"])
+        item = {"key": sample["__key__"], "jpg": sample["jpg"], "meta": meta}
+        if "actions.npy" in sample:
+            item["actions"] = np.load(io.BytesIO(sample["actions.npy"]))
+        yield item
+
+
+def held_out(shards: Sequence[str], val_split: float, limit: int = 0) -> list[dict[str, Any]]:
+    """The pairs of the held-out videos, in file order (at most ``limit`` when > 0)."""
+    out = []
+    for shard in shards:
+        for item in _read_shard(shard):
+            if val_split > 0 and is_val_video(item["meta"]["video_id"], val_split):
+                out.append(item)
+                if limit and len(out) >= limit:
+                    return out
+    return out
+
+
+def training_pairs(shards: Sequence[str], val_split: float) -> Iterator[dict[str, Any]]:
+    for shard in shards:
+        for item in _read_shard(shard):
+            if not (val_split > 0 and is_val_video(item["meta"]["video_id"], val_split)):
+                yield item
+
+
+class LabelStream:
+    """The endless, resumable per-rank stream of training pairs (see the module docstring)."""
+
+    def __init__(self, shards: Sequence[str], rank: int, seed: int, val_split: float, mix: int):
+        if not shards:
+            raise ValueError("no labelled shards to train on")
+        self.shards = list(shards)
+        self.rank, self.seed, self.val_split = rank, seed, val_split
+        self.mix = max(1, min(mix, len(self.shards)))
+
+    def segment(self, j: int) -> list[dict[str, Any]]:
+        rng = np.random.default_rng([self.seed, self.rank, j])
+        picked = rng.integers(0, len(self.shards), size=self.mix)
+        items = list(training_pairs([self.shards[i] for i in picked], self.val_split))
+        order = rng.permutation(len(items))
+        return [items[i] for i in order]
+
+    def iterate(self, state: tuple[int, int] = (0, 0)) -> Iterator[tuple[dict[str, Any], tuple]]:
+        """Yield ``(pair, position after it)`` forever, from ``state``."""
+        j, i = state
+        empty = 0
+        while True:
+            items = self.segment(j)
+            if not items:
+                empty += 1
+                if empty > 100:
+                    raise ValueError("the labelled shards hold no training pairs (all held out?)")
+            else:
+                empty = 0
+            while i < len(items):
+                i += 1
+                yield items[i - 1], (j, i)
+            j, i = j + 1, 0
+
+
+class Collator:
+    """Pairs -> model inputs with the backbone's processor (left padding), and the codes."""
+
+    def __init__(self, processor: Any, family: Any, action_ids: Sequence[int], append_codes: bool):
+        self.processor = processor
+        self.family = family
+        self.action_ids = torch.tensor(list(action_ids), dtype=torch.long)
+        self.append_codes = append_codes
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        images = [Image.open(io.BytesIO(it["jpg"])).convert("RGB") for it in items]
+        texts = [self.family.prompt(it["meta"].get("instruction", "")) for it in items]
+        if self.family.name == "smolvlm":
+            proc_images: Any = [[im] for im in images]
+        else:
+            proc_images = images
+        batch = dict(
+            self.processor(images=proc_images, text=texts, padding="longest", return_tensors="pt")
+        )
+        batch.pop("labels", None)
+        codes = torch.tensor([it["meta"]["codes"] for it in items], dtype=torch.long)  # (B, L)
+        if self.append_codes:
+            tokens = self.action_ids[codes]  # (B, L)
+            B, L = codes.shape
+            batch["input_ids"] = torch.cat([batch["input_ids"], tokens], 1)
+            fill = {"attention_mask": 1, "token_type_ids": 1, "mm_token_type_ids": 0}
+            for key, value in fill.items():
+                if key in batch:
+                    t = batch[key]
+                    batch[key] = torch.cat([t, torch.full((B, L), value, dtype=t.dtype)], 1)
+        batch["codes"] = codes
+        return batch
+
+
+def prefetch(iterator: Iterator[Any], depth: int = 4) -> Iterator[Any]:
+    """Run ``iterator`` in a background thread, ``depth`` items ahead (JPEG decoding and the
+    processor overlap the training step); exceptions surface in the consumer."""
+    q: queue.Queue = queue.Queue(depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def batches(
+    stream: LabelStream, collate: Collator, batch_size: int, state: tuple[int, int] = (0, 0)
+) -> Iterator[tuple[dict[str, torch.Tensor], tuple[int, int]]]:
+    """Collated batches and the stream position after each."""
+    items: list[dict[str, Any]] = []
+    for item, pos in stream.iterate(state):
+        items.append(item)
+        if len(items) == batch_size:
+            yield collate(items), pos
+            items = []
