@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export MUJOCO_GL ?= egl
 export WANDB_MODE ?= offline
+# the demo and the tests build their backbones offline: nothing may come from the hub
+export HF_HUB_OFFLINE ?= 1
 
 .PHONY: setup demo test test-fast lint format dryrun dag bench doctor clean
 

@@ -8,7 +8,7 @@ does not depend on them), adds the latent vocabulary, and times full training st
 (forward, backward, clipping, AdamW) on batches the backbone's own processor makes from
 random images and real prompts, with and without gradient checkpointing. FLOPs per step are
 counted by torch's FlopCounterMode on one step (matmuls and attention, forward and
-backward; the recomputation of gradient checkpointing is not counted as useful work). MFU =
+backward, counted without checkpointing: its recomputation is not useful work). MFU =
 counted FLOP/s / --peak-tflops.
 """
 
@@ -68,8 +68,6 @@ def synthetic_items(n: int, size: int, codebook: int, seq_len: int, seed: int = 
 def measure(args, folder: Path, grad_ckpt: bool) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vla = LatentActionVLA.from_backbone(str(folder), args.codebook, args.seq_len)
-    if grad_ckpt:
-        vla.backbone.gradient_checkpointing_enable({"use_reentrant": False})
     vla.to(device).train()
     opt = torch.optim.AdamW([p for p in vla.parameters() if p.requires_grad], lr=1e-5)
     collate = Collator(vla.processor, vla.family, vla.meta.action_token_ids, append_codes=True)
@@ -98,9 +96,9 @@ def measure(args, folder: Path, grad_ckpt: bool) -> dict:
             loss, _ = vla.loss(batch)
         loss.backward()
     opt.zero_grad(set_to_none=True)
-    flops = float(counter.get_total_flops())
-    if grad_ckpt:  # the counter saw the recomputed forward too: count the useful work only
-        flops = flops * 3 / 4
+    flops = float(counter.get_total_flops())  # before checkpointing: useful work only
+    if grad_ckpt:
+        vla.backbone.gradient_checkpointing_enable({"use_reentrant": False})
     for _ in range(args.warmup):
         step()
     sync()

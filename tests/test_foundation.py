@@ -133,6 +133,26 @@ def test_learns_a_deterministic_image_to_code_mapping(labels, tmp_path):
     rows = (out / "logs" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,train/loss") and len(rows) > 60
 
+    # the report on the same held-out pairs: the model beats both baselines, and says so
+    from hlrp.common.config import FoundationReportConfig
+    from hlrp.foundation.report import write_report
+
+    rep = write_report(
+        str(out / "model"), str(labels[0]), tmp_path / "report", 0.25, FoundationReportConfig()
+    )
+    assert rep["scores"]["model"]["seq_acc"] == pytest.approx(seq_acc)
+    assert rep["beats"] == {"majority": True, "instruction": True}
+    assert rep["verdict"].startswith("The model beats both baselines")
+    # codes depend on the image (shade) too: the instruction alone gets about half right
+    assert 0.2 < rep["scores"]["instruction"]["seq_acc"] < 0.8
+    assert set(rep["per_task"]) == {p["meta"]["task"] for p in pairs}
+    assert sum(t["pairs"] for t in rep["per_task"].values()) == len(pairs)
+    assert len(rep["confusion"]) == 2 and len(rep["confusion"][0]) == 8
+    assert rep["held_out"]["videos"] == len({p["meta"]["video_id"] for p in pairs})
+    assert rep["calibration"]["ece"] >= 0
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "beats both baselines" in html and html.count("data:image/png") == 4
+
 
 def run_cli(labels, out, *extra, env=None):
     cmd = [sys.executable, "-m", "hlrp.foundation.train", *overrides(labels, out, *extra)]
@@ -279,3 +299,25 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(labels, tmp_path):
     assert saved >= 4
     rerun = run_cli(labels, out, f"training.max_steps={saved + 2}")
     assert rerun.returncode == 0 and f"resumed at step {saved}" in rerun.stderr
+
+
+def test_baselines_and_the_bootstrap():
+    import numpy as np
+
+    from hlrp.foundation.report import bootstrap_margin, majority_baselines, scores
+
+    def pair(instr, codes):
+        return {"meta": {"instruction": instr, "codes": codes}}
+
+    train = [pair("a", [1, 2]), pair("a", [1, 2]), pair("b", [3, 3]), pair("b", [3, 3])]
+    train += [pair("b", [3, 3]), pair("a", [0, 0])]
+    overall, per = majority_baselines(train)
+    assert overall == (3, 3) and per == {"a": (1, 2), "b": (3, 3)}
+    s = scores(np.array([[1, 2], [3, 0]]), np.array([[1, 2], [3, 3]]))
+    assert s["token_acc"] == 0.75 and s["seq_acc"] == 0.5
+    assert s["token_acc_per_position"] == [1.0, 0.5]
+    videos = np.array(["v1", "v1", "v2", "v2", "v3", "v3"])
+    better = np.array([1, 1, 1, 1, 1, 0.0])
+    lo, hi = bootstrap_margin(better, np.zeros(6), videos, 500, 0)
+    assert 0 < lo <= hi <= 1
+    assert bootstrap_margin(better, better, videos, 500, 0) == [0.0, 0.0]

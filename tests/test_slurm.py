@@ -310,33 +310,47 @@ exit 1
 """
 
 
+#: per training rule: its target and the inputs it needs (with --allowed-rules nothing
+#: upstream is considered, so placeholders do)
+TRAIN_RULES = {
+    "train_laq": ("results/laq/laq.ckpt", ["results/shards/index.json"]),
+    "train_foundation": (
+        "results/foundation/metrics.json",
+        ["results/labels/index.json", "results/laq/laq.ckpt"],
+    ),
+}
+
+
 @pytest.fixture
 def sbatch_calls(tmp_path):
-    """Runs the workflow's train_laq for a geometry and returns the sbatch argv the Slurm
-    executor built for it (a shim sbatch records it; nothing is submitted)."""
+    """Runs the workflow's train_laq (or train_foundation) for a geometry and returns the
+    sbatch argv the Slurm executor built for it (a shim sbatch records it; nothing is
+    submitted)."""
     project = copy_project(tmp_path / "project")
-    # train_laq's input; with --allowed-rules train_laq nothing upstream is considered
-    (project / "results/shards").mkdir(parents=True)
-    (project / "results/shards/index.json").write_text("{}")
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "sbatch").write_text(SBATCH_SHIM)
     (shim / "sbatch").chmod(0o755)
     count = 0
 
-    def build(nodes: int, gpus_per_node: int) -> list[str]:
+    def build(nodes: int, gpus_per_node: int, rule: str = "train_laq") -> list[str]:
         nonlocal count
         count += 1
         calls = tmp_path / f"calls{count}"
         calls.mkdir()
-        write_config(project, train_laq={"nodes": nodes, "gpus_per_node": gpus_per_node})
+        target, inputs = TRAIN_RULES[rule]
+        for path in inputs:
+            (project / path).parent.mkdir(parents=True, exist_ok=True)
+            (project / path).write_text("{}")
+        (project / target).unlink(missing_ok=True)
+        write_config(project, **{rule: {"nodes": nodes, "gpus_per_node": gpus_per_node}})
         env = slurm_env(project)
         env.update(PATH=f"{shim}:{env['PATH']}", SBATCH_CALLS=str(calls))
         proc = subprocess.run(
             smk_cmd(
-                "results/laq/laq.ckpt",
+                target,
                 "--allowed-rules",
-                "train_laq",
+                rule,
                 "--restart-times",
                 "0",
                 "--configfile",
@@ -393,3 +407,18 @@ def test_multinode_train_laq_geometry_is_validated_by_slurmctld(sbatch_calls):
     assert answer.returncode == 0, answer
     # 4 GPUs x cpus_per_gpu 16 of the lrz profile
     assert re.search(rf"using 64 processors on nodes \S+ in partition {PARTITION}", answer.stderr)
+
+
+def test_multinode_train_foundation_submission(sbatch_calls):
+    """Stage 2 on 2 nodes x 4 GPUs as the executor submits it with the lrz profile: the same
+    geometry form as train_laq, its own memory (rank 0 gathers the FSDP state)."""
+    argv = sbatch_calls(2, 4, rule="train_foundation")
+    expected = {"--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4", "--cpus-per-gpu=16"}
+    assert expected <= set(argv), argv
+    assert argv[argv.index("--mem") + 1] == "480000", argv
+    answer = sbatch_test_only(argv)
+    assert answer.returncode != 0 and NOT_AVAILABLE in answer.stderr, answer
+    argv = sbatch_calls(1, 1, rule="train_foundation")
+    assert {"--nodes=1", "--gres=gpu:1", "--ntasks-per-gpu=1"} <= set(argv), argv
+    answer = sbatch_test_only(argv)
+    assert answer.returncode == 0 and f"in partition {PARTITION}" in answer.stderr, answer

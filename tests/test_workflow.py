@@ -65,7 +65,8 @@ def project(tmp_path):
 
 
 def env_for(project):
-    return {"HLRP_CONFIG_DIR": str(project / "config"), "MUJOCO_GL": "egl"}
+    # HF_HUB_OFFLINE: the demo's stage 2 must not need the network (its backbone is built)
+    return {"HLRP_CONFIG_DIR": str(project / "config"), "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1"}
 
 
 def test_lint_is_clean():
@@ -82,6 +83,8 @@ def test_dry_run_lists_the_demo_pipeline(project):
         "train_laq": 1,
         "laq_report": 1,
         "label_latents": 1,
+        "train_foundation": 1,
+        "foundation_report": 1,
         "all": 1,
     }
 
@@ -261,7 +264,18 @@ def test_demo_workflow_end_to_end(project):
     labels = json.loads((project / "results/labels/index.json").read_text())
     k = labels["offset"]
     assert labels["totals"]["pairs"] == sum(c["meta"]["num_frames"] - k for c in clips)
-    for stage in ("demo_videos", "preprocess", "train_laq", "laq_report", "label_latents"):
+    # stage 2: the foundation model predicts the codes of held-out videos better than a
+    # majority code sequence and than the instruction alone (its report says so)
+    fr = json.loads((project / "results/foundation_report/report.json").read_text())
+    assert fr["held_out"]["videos"] >= 10 and fr["labels_key"] == labels["labels_key"]
+    assert all(fr["beats"].values()), fr["verdict"]
+    lo, _ = fr["margin_over_better_baseline_ci95"]["token_acc"]
+    assert lo > 0, fr["verdict"]
+    assert (project / "results/foundation_report/report.html").stat().st_size > 20_000
+    metrics = json.loads((project / "results/foundation/metrics.json").read_text())
+    assert metrics["global_step"] == load(["experiment=vla_demo"]).foundation.training.max_steps
+    stages = ("demo_videos", "preprocess", "train_laq", "laq_report", "label_latents")
+    for stage in (*stages, "train_foundation", "foundation_report"):
         assert list((project / "logs" / stage).glob("*.log")), stage
         assert list((project / "benchmarks" / stage).glob("*.tsv")), stage
     # a second run has nothing to do

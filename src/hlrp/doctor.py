@@ -43,6 +43,7 @@ STAGES: tuple[str, ...] = (
     "label_latents",
     "laq_report",
     "train_foundation",
+    "foundation_report",
     "finetune",
     "evaluate",
 )
@@ -52,6 +53,7 @@ TORCH_STAGES: tuple[str, ...] = (
     "label_latents",
     "laq_report",
     "train_foundation",
+    "foundation_report",
     "finetune",
     "evaluate",
 )
@@ -167,6 +169,28 @@ def check_torch() -> Check:
         return Check("torch", FAIL, f"cannot import torch: {one_line(e)}", list(TORCH_STAGES))
     build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build"
     return Check("torch", OK, f"{torch.__version__} ({build})", list(TORCH_STAGES))
+
+
+#: Stages that load Hugging Face vision-language models.
+VLM_STAGES: tuple[str, ...] = ("train_foundation", "foundation_report", "finetune", "evaluate")
+
+
+def check_transformers() -> Check:
+    """transformers (5.x API) and peft, which stage 2 and 3 load their backbones with."""
+    try:
+        import peft
+        import transformers
+    except ImportError as e:
+        return Check("transformers", FAIL, f"cannot import: {one_line(e)}", list(VLM_STAGES))
+    major = int(transformers.__version__.split(".")[0])
+    if major < 5:
+        detail = f"transformers {transformers.__version__}: version 5 is needed"
+        return Check("transformers", FAIL, detail, list(VLM_STAGES))
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    detail = f"transformers {transformers.__version__}, peft {peft.__version__}" + (
+        ", HF_HUB_OFFLINE=1 (backbones from the local cache or folders)" if offline else ""
+    )
+    return Check("transformers", OK, detail, list(VLM_STAGES))
 
 
 def _gpu_stages(accelerator: str) -> list[str]:
@@ -482,6 +506,7 @@ def run_checks(
     cluster = experiment_cluster(cfg, configured_stages(cfg))
     world_size = max(1, int(cluster.devices)) * max(1, int(cluster.num_nodes))
     checks = [config_check, check_python(), check_platform(), check_torch()]
+    checks.append(check_transformers())
     checks += check_cuda(cluster.accelerator)
     checks += [check_bf16(), check_nccl(cluster.accelerator, world_size)]
     checks += check_decoders(list(cfg.data.preprocess.decoders))

@@ -171,7 +171,13 @@ class Collator:
         else:
             proc_images = images
         batch = dict(
-            self.processor(images=proc_images, text=texts, padding="longest", return_tensors="pt")
+            self.processor(
+                images=proc_images,
+                text=texts,
+                padding="longest",
+                return_tensors="pt",
+                **self.family.processor_kwargs(),
+            )
         )
         batch.pop("labels", None)
         codes = torch.tensor([it["meta"]["codes"] for it in items], dtype=torch.long)  # (B, L)

@@ -63,7 +63,10 @@ class Family:
         raise AssertionError(self.name)
 
     def processor_kwargs(self) -> dict[str, Any]:
-        return {}
+        """Extra arguments of the processor call: SmolVLM's image splitting (up to 17 crops of
+        81 tokens each) would multiply the sequence for a 224 px robot frame; one view is
+        what LAPA-style pretraining uses."""
+        return {"do_image_splitting": False} if self.name == "smolvlm" else {}
 
 
 FAMILIES: dict[str, Family] = {

@@ -161,7 +161,7 @@ def evaluate(
     per_task = {}
     for task in sorted(set(tasks)):
         m = tasks == task
-        per_task[task] = {
+        per_task[str(task)] = {
             "pairs": int(m.sum()),
             "model": scores(pred[m], gold[m]),
             "instruction": scores(base["instruction"][m], gold[m]),

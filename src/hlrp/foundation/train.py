@@ -141,6 +141,9 @@ def prepare_model(vla: LatentActionVLA, cfg: RootConfig) -> dict[str, int]:
             modules_to_save=["lm_head"],
         )
         vla.backbone = get_peft_model(vla.backbone, lcfg)
+    for p in vla.parameters():  # what trains keeps fp32 master weights; frozen: model.dtype
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
     if m.gradient_checkpointing:
         vla.backbone.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -431,7 +434,11 @@ def train(cfg: RootConfig) -> dict[str, Any]:
         backbone,
         labels.codebook_size,
         labels.code_seq_len,
-        dtype="float32",  # master weights; Fabric's precision casts the compute
+        # frozen weights stay in model.dtype under mixed precision (fp32 compute: fp32);
+        # the ones that train become fp32 master weights (prepare_model)
+        dtype=(
+            st.model.dtype if "16" in resolve_precision(t.precision, cl.accelerator) else "float32"
+        ),
         attn_implementation=st.model.attn_implementation,
         laq_hash=labels.laq_hash,
         labels_key=labels.labels_key,
