@@ -44,6 +44,7 @@ def overrides(labels, out, *extra):
     return [
         "name=test",
         "model.backbone=tiny-smolvlm",
+        "model.image_size=64",
         f"data.labels={index}",
         f"laq_ckpt={laq}",
         f"output_dir={out}",
@@ -229,6 +230,17 @@ def test_stream_is_per_rank_endless_and_resumes_at_its_position(labels):
     resumed = [(it["key"], pos) for it, pos in islice(r0.iterate(first[99][1]), 100)]
     assert resumed == first[100:]
 
+    # batches made by worker threads come in stream order, identical to the serial ones
+    from hlrp.foundation.data import batches
+
+    def keys(items):
+        return {"codes": torch.tensor([it["meta"]["codes"] for it in items]), "n": len(items)}
+
+    serial = [(b["codes"], p) for b, p in islice(batches(r0, keys, 7), 12)]
+    threaded = [(b["codes"], p) for b, p in islice(batches(r0, keys, 7, workers=3), 12)]
+    assert [p for _, p in serial] == [p for _, p in threaded]
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(serial, threaded))
+
 
 def test_lora_and_frozen_vision(labels, tmp_path):
     out = tmp_path / "lora"
@@ -321,3 +333,26 @@ def test_baselines_and_the_bootstrap():
     lo, hi = bootstrap_margin(better, np.zeros(6), videos, 500, 0)
     assert 0 < lo <= hi <= 1
     assert bootstrap_margin(better, better, videos, 500, 0) == [0.0, 0.0]
+
+
+def test_long_instructions_are_cut_to_max_text_tokens(backbones):
+    vla = LatentActionVLA.from_backbone(str(backbones["qwen2_vl"]), 8, 2)
+    tok = vla.processor.tokenizer
+    long = "open the drawer " * 50
+    short = Collator(vla.processor, vla.family, vla.meta.action_token_ids, False, 5)
+    assert len(tok(short.instruction(long), add_special_tokens=False)["input_ids"]) <= 5
+    assert short.instruction("open it") == "open it"
+    item = {"jpg": held_out_jpg(), "meta": {"instruction": long, "codes": [0, 1]}}
+    full = Collator(vla.processor, vla.family, vla.meta.action_token_ids, False)([item])
+    cut = short([item])
+    assert cut["input_ids"].shape[1] < full["input_ids"].shape[1] - 100
+
+
+def held_out_jpg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(buf, format="JPEG")
+    return buf.getvalue()

@@ -143,13 +143,9 @@ class FoundationModelConfig:
 
     name: str = "vla"
     backbone: str | None = None  # Hugging Face model id or local folder (stage 2 needs one)
-    build_from_config: bool = False  # True: random init from the backbone's config (tests, demo)
-    tiny_overrides: dict[str, Any] = field(
-        default_factory=dict
-    )  # config fields changed before a random init
-    dtype: str = "bfloat16"
-    max_text_tokens: int = 64
-    image_size: int = 224
+    dtype: str = "bfloat16"  # weights that do not train (under fp32 compute: float32)
+    max_text_tokens: int = 64  # instructions are cut to this many tokens (0: never)
+    image_size: int = 224  # of the tiny-<family> backbones; a hub backbone's processor decides
     gradient_checkpointing: bool = False
     freeze_vision: bool = False  # keep the vision tower's weights (the connector still trains)
     lora_rank: int = 0  # > 0: train LoRA adapters (peft) on the language model, not its weights
@@ -295,7 +291,7 @@ class FoundationDataConfig:
     labels: str | None = field(default=None, metadata=PATH)  # labels index.json (label_latents)
     val_split: float = 0.05  # fraction of videos held out (the same split function as stage 1)
     batch_size: int = 8  # per process
-    num_workers: int = field(default=2, metadata=NOT_RESULT)
+    num_workers: int = field(default=2, metadata=NOT_RESULT)  # threads making batches
     mix_shards: int = 8  # shards read and shuffled together per stream segment (per process)
     max_val_pairs: int = field(default=512, metadata=NOT_RESULT)  # held-out pairs in training
 

@@ -157,15 +157,38 @@ class LabelStream:
 class Collator:
     """Pairs -> model inputs with the backbone's processor (left padding), and the codes."""
 
-    def __init__(self, processor: Any, family: Any, action_ids: Sequence[int], append_codes: bool):
+    def __init__(
+        self,
+        processor: Any,
+        family: Any,
+        action_ids: Sequence[int],
+        append_codes: bool,
+        max_text_tokens: int = 0,
+    ):
         self.processor = processor
         self.family = family
         self.action_ids = torch.tensor(list(action_ids), dtype=torch.long)
         self.append_codes = append_codes
+        self.max_text_tokens = max_text_tokens
+
+    def instruction(self, text: str) -> str:
+        """The instruction, cut to ``max_text_tokens`` tokens of the backbone's tokenizer."""
+        if self.max_text_tokens <= 0:
+            return text
+        tok = self.processor.tokenizer
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= self.max_text_tokens else tok.decode(ids[: self.max_text_tokens])
+
+    @classmethod
+    def for_model(cls, vla: Any, append_codes: bool) -> Collator:
+        m = vla.meta
+        return cls(vla.processor, vla.family, m.action_token_ids, append_codes, m.max_text_tokens)
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         images = [Image.open(io.BytesIO(it["jpg"])).convert("RGB") for it in items]
-        texts = [self.family.prompt(it["meta"].get("instruction", "")) for it in items]
+        texts = [
+            self.family.prompt(self.instruction(it["meta"].get("instruction", ""))) for it in items
+        ]
         if self.family.name == "smolvlm":
             proc_images: Any = [[im] for im in images]
         else:
@@ -231,12 +254,35 @@ def prefetch(iterator: Iterator[Any], depth: int = 4) -> Iterator[Any]:
 
 
 def batches(
-    stream: LabelStream, collate: Collator, batch_size: int, state: tuple[int, int] = (0, 0)
+    stream: LabelStream,
+    collate: Collator,
+    batch_size: int,
+    state: tuple[int, int] = (0, 0),
+    workers: int = 0,
 ) -> Iterator[tuple[dict[str, torch.Tensor], tuple[int, int]]]:
-    """Collated batches and the stream position after each."""
-    items: list[dict[str, Any]] = []
-    for item, pos in stream.iterate(state):
-        items.append(item)
-        if len(items) == batch_size:
+    """Collated batches and the stream position after each, in stream order. ``workers`` > 0
+    threads decode and process up to 2 x ``workers`` batches ahead (PIL and the tokenizers
+    release the GIL for most of it)."""
+
+    def grouped() -> Iterator[tuple[list[dict[str, Any]], tuple[int, int]]]:
+        items: list[dict[str, Any]] = []
+        for item, pos in stream.iterate(state):
+            items.append(item)
+            if len(items) == batch_size:
+                yield items, pos
+                items = []
+
+    if workers <= 0:
+        for items, pos in grouped():
             yield collate(items), pos
-            items = []
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="collate") as pool:
+        pending: deque = deque()
+        for items, pos in grouped():
+            pending.append((pool.submit(collate, items), pos))
+            if len(pending) >= 2 * workers:
+                future, p = pending.popleft()
+                yield future.result(), p

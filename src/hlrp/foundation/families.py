@@ -105,9 +105,12 @@ def family_of(model_type: str, where: str) -> Family:
     )
 
 
-def resolve_backbone(backbone: str | None, cache_dir: str | os.PathLike) -> str:
+def resolve_backbone(
+    backbone: str | None, cache_dir: str | os.PathLike, image_size: int = 64
+) -> str:
     """The folder or hub id ``from_pretrained`` gets. ``tiny-<family>`` builds a tiny random
-    backbone into ``cache_dir/tiny-<family>`` once (no download) and returns that folder."""
+    backbone for ``image_size`` px into ``cache_dir/tiny-<family>-<image_size>`` once (no
+    download) and returns that folder."""
     if not backbone:
         raise ValueError(
             "foundation.model.backbone is not set: give a Hugging Face model id (e.g. "
@@ -121,9 +124,9 @@ def resolve_backbone(backbone: str | None, cache_dir: str | os.PathLike) -> str:
                 f"foundation.model.backbone={backbone!r}: no such tiny family "
                 f"(choose one of {[TINY_PREFIX + f for f in FAMILIES]})"
             )
-        folder = Path(cache_dir) / backbone
+        folder = Path(cache_dir) / f"{backbone}-{image_size}"
         if not (folder / "config.json").is_file():
-            build_tiny(fam, folder)
+            build_tiny(fam, folder, image_size=image_size)
         return str(folder)
     return backbone
 
@@ -153,6 +156,11 @@ def check_backbone(backbone: str) -> None:
 # --------------------------------------------------------------------------------------
 # tiny offline backbones
 # --------------------------------------------------------------------------------------
+def _over(changes: dict, **base) -> dict:
+    """A config dict: the tiny defaults ``base`` with ``changes`` applied."""
+    return {**base, **changes}
+
+
 def _tokenizer(special: list[str], vocab_size: int = 600, **named: str):
     """A byte-level BPE tokenizer trained on a few sentences: any text encodes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -193,16 +201,17 @@ def _build_smolvlm(image_size: int, text: dict, vision: dict):
     cfg = Idefics3Config(
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=scale,
-        vision_config=dict(
+        vision_config=_over(
+            vision,
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
             num_attention_heads=2,
             image_size=image_size,
             patch_size=patch,
-            **vision,
         ),
-        text_config=dict(
+        text_config=_over(
+            text,
             vocab_size=len(tok),
             hidden_size=64,
             intermediate_size=128,
@@ -213,7 +222,6 @@ def _build_smolvlm(image_size: int, text: dict, vision: dict):
             pad_token_id=tok.pad_token_id,
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
-            **text,
         ),
         tie_word_embeddings=False,
     )
@@ -256,7 +264,8 @@ def _build_paligemma(image_size: int, text: dict, vision: dict):
     tok = proc.tokenizer  # may have grown (PaliGemma's location / segmentation tokens)
     cfg = PaliGemmaConfig(
         image_token_index=tok.convert_tokens_to_ids("<image>"),
-        vision_config=dict(
+        vision_config=_over(
+            vision,
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
@@ -264,9 +273,9 @@ def _build_paligemma(image_size: int, text: dict, vision: dict):
             image_size=image_size,
             patch_size=patch,
             projection_dim=text.get("hidden_size", 64),
-            **vision,
         ),
-        text_config=dict(
+        text_config=_over(
+            text,
             vocab_size=len(tok),
             hidden_size=64,
             intermediate_size=128,
@@ -278,7 +287,6 @@ def _build_paligemma(image_size: int, text: dict, vision: dict):
             pad_token_id=tok.pad_token_id,
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
-            **text,
         ),
         projection_dim=text.get("hidden_size", 64),
         hidden_size=text.get("hidden_size", 64),
@@ -318,7 +326,8 @@ def _build_qwen2_vl(image_size: int, text: dict, vision: dict):
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
-        vision_config=dict(
+        vision_config=_over(
+            vision,
             depth=2,
             embed_dim=32,
             num_heads=2,
@@ -326,9 +335,10 @@ def _build_qwen2_vl(image_size: int, text: dict, vision: dict):
             patch_size=14,
             spatial_merge_size=2,
             temporal_patch_size=2,
-            **{"hidden_size": text.get("hidden_size", 64), **vision},
+            hidden_size=text.get("hidden_size", 64),
         ),
-        text_config=dict(
+        text_config=_over(
+            text,
             vocab_size=len(tok),
             hidden_size=64,
             intermediate_size=128,
@@ -339,7 +349,7 @@ def _build_qwen2_vl(image_size: int, text: dict, vision: dict):
             rope_parameters={
                 "rope_type": "default",
                 "rope_theta": 10000.0,
-                "mrope_section": [2, 3, 3],  # sums to head_dim / 2
+                "mrope_section": _mrope_section(head_dim),  # sums to head_dim / 2
             },
             pad_token_id=tok.pad_token_id,
             bos_token_id=None,
@@ -347,7 +357,6 @@ def _build_qwen2_vl(image_size: int, text: dict, vision: dict):
         ),
         tie_word_embeddings=False,
     )
-    assert head_dim == 64 // 4
     return Qwen2VLForConditionalGeneration(cfg), proc
 
 

@@ -52,6 +52,7 @@ class VLAMeta:
     labels_key: str = ""
     backbone: str = ""
     global_step: int = 0
+    max_text_tokens: int = 0  # instructions cut to this many tokens (0: never)
 
 
 def _dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:

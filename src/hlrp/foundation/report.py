@@ -102,7 +102,7 @@ def calibration(conf: np.ndarray, correct: np.ndarray, bins: int) -> dict[str, A
 
 @torch.no_grad()
 def predict_pairs(vla, pairs, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    collate = Collator(vla.processor, vla.family, vla.meta.action_token_ids, append_codes=False)
+    collate = Collator.for_model(vla, append_codes=False)
     device = next(vla.parameters()).device
     codes, probs = [], []
     for i in tqdm(range(0, len(pairs), batch_size), desc="foundation_report", unit="batch"):

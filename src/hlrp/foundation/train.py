@@ -429,7 +429,7 @@ def train(cfg: RootConfig) -> dict[str, Any]:
     )
     log.info("%s", plan.reason)
     torch.manual_seed(cfg.seed)
-    backbone = resolve_backbone(st.model.backbone, out / "backbones")
+    backbone = resolve_backbone(st.model.backbone, out / "backbones", st.model.image_size)
     vla = LatentActionVLA.from_backbone(
         backbone,
         labels.codebook_size,
@@ -442,6 +442,7 @@ def train(cfg: RootConfig) -> dict[str, Any]:
         attn_implementation=st.model.attn_implementation,
         laq_hash=labels.laq_hash,
         labels_key=labels.labels_key,
+        max_text_tokens=st.model.max_text_tokens,
     )
     counts = prepare_model(vla, cfg)
     fabric = build_fabric(cfg, vla.backbone)
@@ -485,9 +486,11 @@ def train(cfg: RootConfig) -> dict[str, Any]:
         step, stream_state = load_training_state(fabric, plan.resume, model, opt, sched)
         log.info("resumed at step %d (stream segment %d, pair %d)", step, *stream_state)
 
-    collate = Collator(vla.processor, vla.family, vla.meta.action_token_ids, append_codes=True)
+    collate = Collator.for_model(vla, append_codes=True)
     stream = LabelStream(labels.shards, rank, cfg.seed, st.data.val_split, st.data.mix_shards)
-    train_iter = prefetch(batches(stream, collate, st.data.batch_size, stream_state))
+    train_iter = prefetch(
+        batches(stream, collate, st.data.batch_size, stream_state, st.data.num_workers)
+    )
     val_pairs = held_out(labels.shards, st.data.val_split, st.data.max_val_pairs)
     share = len(val_pairs) // fabric.world_size
     mine = val_pairs[rank * share : (rank + 1) * share]
