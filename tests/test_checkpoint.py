@@ -127,6 +127,39 @@ def test_only_rank_zero_moves_files(tmp_path, monkeypatch):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # ... but nothing moved
 
 
+def sharded(folder, step, rhash="h", world=2):
+    """A sharded checkpoint folder as the training loops write it (shards + meta.pt)."""
+    folder.mkdir(parents=True)
+    (folder / "__0_0.distcp").write_bytes(b"shard")
+    C.save({"global_step": step, C.META_KEY: C.stamp(rhash, world)}, folder / C.SHARDED_META)
+    return folder
+
+
+def test_sharded_folders_resume_and_commit_atomically(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    C.commit_folder(sharded(ckpts / ".last.tmp", 3), ckpts / "last")
+    plan = C.prepare_run(tmp_path, "h", 2, 10, candidates=("checkpoints/last",))
+    assert plan.resume == str(ckpts / "last") and plan.step == 3
+    C.commit_folder(sharded(ckpts / ".last.tmp", 6), ckpts / "last")  # replaces step 3
+    assert C.read_meta(ckpts / "last")["global_step"] == 6
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last"]
+    # an incomplete folder (no meta.pt) is not a checkpoint
+    (ckpts / "half").mkdir()
+    assert not C.is_checkpoint(ckpts / "half")
+    with pytest.raises(C.ResumeError, match="not a complete sharded checkpoint"):
+        C.commit_folder(ckpts / "half", ckpts / "last")
+
+
+def test_a_save_killed_between_renames_is_recovered(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    sharded(ckpts / ".last.old", 4)  # killed after moving the old one aside...
+    sharded(ckpts / ".last.tmp", 8)  # ...with the new one complete but not in place
+    (ckpts / ".other.ckpt.tmp").write_bytes(b"partial file")
+    plan = C.prepare_run(tmp_path, "h", 2, 10, candidates=("checkpoints/last",))
+    assert plan.step == 4 and C.is_checkpoint(ckpts / "last")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last"]
+
+
 def test_exported_laq_round_trips_weights_only(tmp_path):
     torch.manual_seed(0)
     model = LAQ(MICRO_LAQ)

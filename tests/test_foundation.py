@@ -184,6 +184,10 @@ def test_killed_training_resumes_exactly(strategy, labels, tmp_path):
     proc = run_cli(labels, out, *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed at step 4" in proc.stderr
+    if strategy == "fsdp":  # a sharded folder: one shard file per rank, no full copy
+        last = out / "checkpoints" / "last"
+        assert (last / "meta.pt").is_file() and len(list(last.glob("*.distcp"))) == 2
+        assert not (out / "checkpoints" / "last.ckpt").exists()
     a, b = weights(ref), weights(out)
     assert a.keys() == b.keys()
     for k in a:
@@ -192,7 +196,6 @@ def test_killed_training_resumes_exactly(strategy, labels, tmp_path):
     assert rows == [
         r.split(",")[0] for r in (ref / "logs" / "metrics.csv").read_text().splitlines()[1:]
     ]
-    # the same command once more: the finished run moves aside and trains anew
     if strategy == "single":  # the same command once more: the finished run moves aside
         proc = run_cli(labels, out, *extra)
         assert proc.returncode == 0 and (out / "previous" / "run-001" / "model").is_dir()

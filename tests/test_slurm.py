@@ -411,11 +411,11 @@ def test_multinode_train_laq_geometry_is_validated_by_slurmctld(sbatch_calls):
 
 def test_multinode_train_foundation_submission(sbatch_calls):
     """Stage 2 on 2 nodes x 4 GPUs as the executor submits it with the lrz profile: the same
-    geometry form as train_laq, its own memory (rank 0 gathers the FSDP state)."""
+    geometry form as train_laq, with the lrz profile's resources for the rule."""
     argv = sbatch_calls(2, 4, rule="train_foundation")
     expected = {"--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4", "--cpus-per-gpu=16"}
     assert expected <= set(argv), argv
-    assert argv[argv.index("--mem") + 1] == "480000", argv
+    assert argv[argv.index("--mem") + 1] == "240000", argv
     answer = sbatch_test_only(argv)
     assert answer.returncode != 0 and NOT_AVAILABLE in answer.stderr, answer
     argv = sbatch_calls(1, 1, rule="train_foundation")

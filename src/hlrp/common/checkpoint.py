@@ -5,6 +5,10 @@ Stage 1 and 3 (Lightning) and stage 2 (Fabric) use the same pieces:
 * :func:`save` writes through a temporary file that is fsynced and renamed, so a kill never
   leaves half a checkpoint under its name; :func:`clean_partial` removes the temporary files
   a killed save left behind (call it when a run starts).
+* A *sharded* checkpoint is a folder (every rank writes its shards, e.g. with
+  ``torch.distributed.checkpoint``) holding :data:`SHARDED_META`, a :func:`save` file with the
+  stamp and the step. It is written as ``.<name>.tmp/`` and put in place by
+  :func:`commit_folder`; :func:`read_meta` and :func:`prepare_run` treat it like a file.
 * :func:`load` reads with ``torch.load(weights_only=True)``: checkpoints hold tensors and plain
   Python values only (RNG states are stored as tensors, see :func:`rng_state`), so a
   user-supplied file cannot run code when it is loaded.
@@ -57,6 +61,8 @@ log = get_logger("checkpoint")
 #: Key under which :func:`stamp` stores what :func:`prepare_run` checks.
 META_KEY = "hlrp"
 FINISHED = "finished.json"
+#: The file of a sharded checkpoint folder that makes it complete (written last).
+SHARDED_META = "meta.pt"
 
 
 class ResumeError(RuntimeError):
@@ -86,13 +92,51 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **kw
         ) from e
 
 
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """A checkpoint file, or a complete sharded checkpoint folder."""
+    path = Path(path)
+    return path.is_file() or (path.is_dir() and (path / SHARDED_META).is_file())
+
+
+def commit_folder(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Put the finished sharded checkpoint ``tmp`` at ``dest`` (global rank 0, after every
+    rank wrote its part). The old ``dest`` is renamed to ``.<name>.old`` first and removed
+    last, so a kill at any point leaves one complete checkpoint (see :func:`clean_partial`)."""
+    import shutil
+
+    tmp, dest = Path(tmp), Path(dest)
+    if not (tmp / SHARDED_META).is_file():
+        raise ResumeError(f"{tmp} is not a complete sharded checkpoint (no {SHARDED_META})")
+    old = dest.parent / f".{dest.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def clean_partial(folder: str | os.PathLike) -> list[Path]:
-    """Remove temporary files a killed :func:`save` left in ``folder``; returns them."""
+    """Remove temporary files (and sharded folders) a killed save left in ``folder``;
+    returns them. A sharded checkpoint killed between the two renames of
+    :func:`commit_folder` is restored from its ``.<name>.old`` copy."""
+    import shutil
+
     removed = []
     folder = Path(folder)
     if folder.is_dir():
+        for old in folder.glob(".*.old"):
+            dest = folder / old.name[1 : -len(".old")]
+            if not dest.exists() and (old / SHARDED_META).is_file():
+                os.replace(old, dest)
+                log.warning("restored %s from %s (a save was killed)", dest, old)
+            else:
+                shutil.rmtree(old, ignore_errors=True)
         for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             removed.append(tmp)
     if removed:
         log.info("removed %d partial checkpoint file(s) in %s", len(removed), folder)
@@ -173,7 +217,10 @@ def stamp(resume_hash: str, world_size: int) -> dict[str, Any]:
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The stamp and step of a checkpoint (memory-mapped: cheap for large files)."""
+    """The stamp and step of a checkpoint file (memory-mapped: cheap for large files) or of
+    a sharded checkpoint folder (its :data:`SHARDED_META`)."""
+    if Path(path).is_dir():
+        path = Path(path) / SHARDED_META
     ckpt = load(path, mmap=True)
     meta = dict(ckpt.get(META_KEY) or {})
     meta.setdefault("resume_hash", meta.get("config_hash"))  # checkpoints of version 0.1
@@ -235,7 +282,7 @@ def prepare_run(
     found: list[tuple[Path, dict[str, Any]]] = []
     for pattern in candidates:
         for p in sorted(out.glob(pattern)):
-            if p.is_file():
+            if is_checkpoint(p):
                 try:
                     found.append((p, read_meta(p)))
                 except ResumeError as e:

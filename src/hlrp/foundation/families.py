@@ -161,6 +161,38 @@ def _over(changes: dict, **base) -> dict:
     return {**base, **changes}
 
 
+def _tiny_text(tok, changes: dict, **extra) -> dict:
+    """The language model of every tiny backbone: 2 layers, 64 wide, GQA 4/2 heads."""
+    return _over(
+        changes,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **extra,
+    )
+
+
+def _tiny_siglip(changes: dict, image_size: int, patch: int, **extra) -> dict:
+    """The SigLIP-style vision tower of the tiny SmolVLM and PaliGemma: 2 layers, 32 wide."""
+    return _over(
+        changes,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch,
+        **extra,
+    )
+
+
 def _tokenizer(special: list[str], vocab_size: int = 600, **named: str):
     """A byte-level BPE tokenizer trained on a few sentences: any text encodes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -201,28 +233,8 @@ def _build_smolvlm(image_size: int, text: dict, vision: dict):
     cfg = Idefics3Config(
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=scale,
-        vision_config=_over(
-            vision,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch,
-        ),
-        text_config=_over(
-            text,
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        ),
+        vision_config=_tiny_siglip(vision, image_size, patch),
+        text_config=_tiny_text(tok, text),
         tie_word_embeddings=False,
     )
     img = Idefics3ImageProcessor(
@@ -264,29 +276,11 @@ def _build_paligemma(image_size: int, text: dict, vision: dict):
     tok = proc.tokenizer  # may have grown (PaliGemma's location / segmentation tokens)
     cfg = PaliGemmaConfig(
         image_token_index=tok.convert_tokens_to_ids("<image>"),
-        vision_config=_over(
-            vision,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch,
-            projection_dim=text.get("hidden_size", 64),
+        vision_config=_tiny_siglip(
+            vision, image_size, patch, projection_dim=text.get("hidden_size", 64)
         ),
-        text_config=_over(
-            text,
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=1024,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
+        text_config=_tiny_text(
+            tok, text, head_dim=text.get("hidden_size", 64) // text.get("num_attention_heads", 4)
         ),
         projection_dim=text.get("hidden_size", 64),
         hidden_size=text.get("hidden_size", 64),
@@ -337,23 +331,14 @@ def _build_qwen2_vl(image_size: int, text: dict, vision: dict):
             temporal_patch_size=2,
             hidden_size=text.get("hidden_size", 64),
         ),
-        text_config=_over(
+        text_config=_tiny_text(
+            tok,
             text,
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
             rope_parameters={
                 "rope_type": "default",
                 "rope_theta": 10000.0,
                 "mrope_section": _mrope_section(head_dim),  # sums to head_dim / 2
             },
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=None,
-            eos_token_id=tok.eos_token_id,
         ),
         tie_word_embeddings=False,
     )

@@ -35,8 +35,9 @@ from tqdm import tqdm
 
 from hlrp.common.cli import run
 from hlrp.common.config import FoundationReportConfig, RootConfig
-from hlrp.common.io import atomic_open, write_json, write_text
+from hlrp.common.io import write_json, write_text
 from hlrp.common.logging import get_logger
+from hlrp.common.plots import save_png
 from hlrp.foundation.data import Collator, held_out, open_labels, training_pairs
 from hlrp.foundation.export import load_foundation
 
@@ -239,10 +240,7 @@ def write_figures(report: dict[str, Any], arrays: dict[str, Any], out: Path) -> 
     figs: dict[str, str] = {}
 
     def save(fig, name: str) -> None:
-        fig.tight_layout()
-        with atomic_open(out / name, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        plt.close(fig)
+        save_png(fig, out / name, dpi=100)
         figs[name.removesuffix(".png")] = f"{out.name}/{name}"
 
     s = report["scores"]

@@ -11,10 +11,12 @@ Outputs in ``output_dir``:
 
 * ``model/``: the trained model (``save_pretrained`` + processor + ``hlrp_foundation.json``),
   what the report and stage 3 load (:mod:`hlrp.foundation.export`);
-* ``checkpoints/last.ckpt`` (and ``step*.ckpt``): full state (model, optimizer, scheduler,
-  each rank's stream position and RNG), written atomically by :mod:`hlrp.common.checkpoint`
-  (gathered to rank 0 under FSDP). A killed run started again continues exactly; a finished
-  one is moved to ``previous/`` (or continued when ``max_steps`` grew), as in stage 1;
+* ``checkpoints/last.ckpt``: the full state (model, optimizer, scheduler, each rank's stream
+  position and RNG) as one file gathered to rank 0, written atomically by
+  :mod:`hlrp.common.checkpoint`; under FSDP ``checkpoints/last/`` instead, a sharded folder
+  (``torch.distributed.checkpoint``: each rank writes its own shards) put in place
+  atomically. A killed run started again continues exactly; a finished one is moved to
+  ``previous/`` (or continued when ``max_steps`` grew), as in stage 1;
 * ``logs/metrics.csv`` (and ``wandb/``, offline by default), ``plots/training.png``,
   ``metrics.json``, ``config.yaml``.
 """
@@ -41,6 +43,7 @@ from hlrp.common.config import RootConfig, result_hash, to_yaml
 from hlrp.common.io import atomic_open, write_json, write_text
 from hlrp.common.logging import get_logger
 from hlrp.common.optim import lr_lambda, peak_flops, training_flops_per_token
+from hlrp.common.plots import finish_axis, save_png
 from hlrp.foundation import TRAIN_RESULT_KEYS
 from hlrp.foundation.data import Collator, LabelStream, batches, held_out, open_labels, prefetch
 from hlrp.foundation.families import resolve_backbone
@@ -176,40 +179,68 @@ def _wrapped(model):
     return getattr(model, "_forward_module", model)
 
 
+def checkpoint_path(out: Path, strategy: str) -> Path:
+    """``checkpoints/last`` (a sharded folder) under FSDP, else ``checkpoints/last.ckpt``."""
+    return out / "checkpoints" / ("last" if strategy == "fsdp" else "last.ckpt")
+
+
 def save_training_state(fabric, path: Path, model, opt, sched, step, stream_state, rhash) -> None:
+    """Everything a resumed run needs. A file gathered to rank 0 (one device, DDP), or under
+    FSDP a sharded folder: each rank writes its own shards of the model and the optimizer
+    with ``torch.distributed.checkpoint`` (no rank holds the full state), rank 0 adds the
+    rest (:data:`hlrp.common.checkpoint.SHARDED_META`) and puts the folder in place."""
+    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    sharded = path.suffix != ".ckpt"
     distributed = fabric.world_size > 1
-    msd, osd = get_state_dict(_wrapped(model), opt, options=_state_dict_options(True))
+    msd, osd = get_state_dict(_wrapped(model), opt, options=_state_dict_options(not sharded))
     pos = torch.tensor(stream_state, dtype=torch.long, device=fabric.device)
     positions = fabric.all_gather(pos).reshape(-1, 2).cpu() if distributed else pos[None].cpu()
     rng = checkpoint.gather_rng_states()
+    rest = {
+        "scheduler": sched.state_dict(),
+        "global_step": int(step),
+        "stream_positions": positions,
+        "rng_states": rng,
+        checkpoint.META_KEY: checkpoint.stamp(rhash, fabric.world_size),
+    }
+    if not sharded:
+        if fabric.global_rank == 0:
+            checkpoint.save({"model": msd, "optimizer": osd, **rest}, path)
+        fabric.barrier()
+        return
+    tmp = path.parent / f".{path.name}.tmp"
     if fabric.global_rank == 0:
-        checkpoint.save(
-            {
-                "model": msd,
-                "optimizer": osd,
-                "scheduler": sched.state_dict(),
-                "global_step": int(step),
-                "stream_positions": positions,
-                "rng_states": rng,
-                checkpoint.META_KEY: checkpoint.stamp(rhash, fabric.world_size),
-            },
-            path,
-        )
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    fabric.barrier()
+    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(tmp))
+    fabric.barrier()
+    if fabric.global_rank == 0:
+        checkpoint.save(rest, tmp / checkpoint.SHARDED_META)
+        checkpoint.commit_folder(tmp, path)
     fabric.barrier()
 
 
 def load_training_state(fabric, path: str, model, opt, sched) -> tuple[int, tuple[int, int]]:
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    state = checkpoint.load(path)
+    sharded = Path(path).is_dir()
+    if sharded:
+        msd, osd = get_state_dict(_wrapped(model), opt, options=_state_dict_options(False))
+        state = {"model": msd, "optimizer": osd}
+        dcp.load(state, checkpoint_id=str(path))  # into this rank's shards
+        state.update(checkpoint.load(Path(path) / checkpoint.SHARDED_META))
+    else:
+        state = checkpoint.load(path)
     set_state_dict(
         _wrapped(model),
         opt,
         model_state_dict=state["model"],
         optim_state_dict=state["optimizer"],
-        options=_state_dict_options(True),
+        options=_state_dict_options(not sharded),
     )
     sched.load_state_dict(state["scheduler"])
     rng = checkpoint.rng_state_for_rank(state.get("rng_states"), fabric.global_rank)
@@ -328,17 +359,8 @@ def save_training_plot(metrics_csv: Path, out_png: Path) -> None:
             if key in series:
                 xs, ys = zip(*sorted(series[key]))
                 ax.plot(xs, ys, "o-" if key.startswith("val") else "-", markersize=3, label=key)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        if logy:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out_png, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+        finish_axis(ax, title, logy)
+    save_png(fig, out_png)
 
 
 # --------------------------------------------------------------------------------------
@@ -425,7 +447,13 @@ def train(cfg: RootConfig) -> dict[str, Any]:
     total = t.max_steps
 
     plan = checkpoint.prepare_run(
-        out, rhash, world, total, candidates=("checkpoints/last.ckpt",), keep=("backbones",)
+        out,
+        rhash,
+        world,
+        total,
+        # either format: a run may switch between DDP and FSDP (same number of processes)
+        candidates=("checkpoints/last.ckpt", "checkpoints/last"),
+        keep=("backbones",),
     )
     log.info("%s", plan.reason)
     torch.manual_seed(cfg.seed)
@@ -502,7 +530,7 @@ def train(cfg: RootConfig) -> dict[str, Any]:
     mlog = MetricsLog(out, cfg, rhash, step, rank)
     peak = peak_flops(fabric.device) if fabric.device.type == "cuda" else None
     kill_at = int(os.environ.get("HLRP_FAULT_KILL_AT_STEP", "-1"))
-    ckpt_dir = out / "checkpoints"
+    last_ckpt = checkpoint_path(out, cl.strategy)
     interactive = sys.stderr.isatty() and rank == 0
     bar = None
     if interactive:
@@ -604,15 +632,13 @@ def train(cfg: RootConfig) -> dict[str, Any]:
                 )
         stopping = stop_requested(fabric, stop)
         if step % t.checkpoint_every_n_steps == 0 or step == total or stopping:
-            save_training_state(
-                fabric, ckpt_dir / "last.ckpt", model, opt, sched, step, stream_state, rhash
-            )
+            save_training_state(fabric, last_ckpt, model, opt, sched, step, stream_state, rhash)
         if stopping:
             log.error(
                 "signal %s: saved step %d to %s; the next run resumes from there",
                 stop["signal"],
                 step,
-                ckpt_dir / "last.ckpt",
+                last_ckpt,
             )
             raise SystemExit(143)
     if bar is not None:
@@ -634,7 +660,8 @@ usage: python -m hlrp.foundation.train experiment=NAME data.labels=LABELS/index.
                                        laq_ckpt=LAQ.ckpt output_dir=DIR [key=value ...]
 
 Trains the foundation VLA to predict the latent action codes of the labelled shards. Running
-the same command again resumes an unfinished run from output_dir/checkpoints/last.ckpt,
+the same command again resumes an unfinished run from output_dir/checkpoints/last.ckpt
+(FSDP: the sharded folder output_dir/checkpoints/last/),
 continues a finished one whose max_steps was raised, and otherwise trains anew (the finished
 run moves to output_dir/previous/). Short keys: data.X, model.X, training.X, cluster.X mean
 foundation.data.X ...

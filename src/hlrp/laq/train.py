@@ -46,6 +46,7 @@ from hlrp.common.io import atomic_open, write_json, write_text
 from hlrp.common.logging import get_logger
 from hlrp.common.metrics import psnr
 from hlrp.common.optim import lr_lambda
+from hlrp.common.plots import finish_axis, save_png
 from hlrp.laq import TRAIN_RESULT_KEYS
 from hlrp.laq.data import LAQDataModule
 from hlrp.laq.export import export_laq
@@ -370,17 +371,8 @@ def save_training_plot(metrics_csv: Path, out_png: Path) -> None:
         if title.startswith("PSNR") and "val/psnr_copy_baseline" in series:
             xs, ys = zip(*sorted(series["val/psnr_copy_baseline"]))
             ax.plot(xs, ys, "k--", label="copy frame t")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        if logy:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out_png, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+        finish_axis(ax, title, logy)
+    save_png(fig, out_png)
 
 
 def train(cfg: RootConfig) -> dict[str, Any]:
