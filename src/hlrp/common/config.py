@@ -301,6 +301,7 @@ class FoundationReportConfig:
     """The foundation report (``hlrp.foundation.report``) on held-out videos."""
 
     max_pairs: int = 4096  # held-out pairs evaluated (0: all)
+    baseline_pairs: int = 1_000_000  # training pairs the baselines are counted on (0: all)
     batch_size: int = field(default=32, metadata=NOT_RESULT)
     calibration_bins: int = 10
     bootstrap: int = 1000  # resamples of held-out videos for the 95 % intervals

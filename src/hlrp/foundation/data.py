@@ -112,11 +112,18 @@ def held_out(shards: Sequence[str], val_split: float, limit: int = 0) -> list[di
     return out
 
 
-def training_pairs(shards: Sequence[str], val_split: float) -> Iterator[dict[str, Any]]:
+def training_pairs(
+    shards: Sequence[str], val_split: float, limit: int = 0
+) -> Iterator[dict[str, Any]]:
+    """The pairs of the training videos, in file order (at most ``limit`` when > 0)."""
+    n = 0
     for shard in shards:
         for item in _read_shard(shard):
             if not (val_split > 0 and is_val_video(item["meta"]["video_id"], val_split)):
                 yield item
+                n += 1
+                if limit and n >= limit:
+                    return
 
 
 class LabelStream:

@@ -13,6 +13,10 @@ positions and their mean) and full-sequence accuracy, against two baselines comp
 * ``instruction``: the most frequent training sequence of the pair's instruction (a model that
   reads the text and ignores the image; the overall majority for an unseen instruction).
 
+Both are counted on the training pairs in file order, at most ``report.baseline_pairs`` of
+them (a million by default: one pass over the label shards of a large corpus is not needed
+to find a majority).
+
 Also: accuracy per task, a confusion matrix of the codes per position, calibration (the
 probability of the chosen code against how often it is right; expected calibration error),
 and 95 % intervals over held-out videos (bootstrap) for the model's margin over the better
@@ -135,7 +139,9 @@ def evaluate(
         raise ValueError(
             f"{labels_index}: no held-out pairs (data.val_split={val_split}): nothing to report on"
         )
-    majority, per_instruction = majority_baselines(training_pairs(labels.shards, val_split))
+    majority, per_instruction = majority_baselines(
+        training_pairs(labels.shards, val_split, cfg.baseline_pairs)
+    )
     gold = np.array([it["meta"]["codes"] for it in pairs])  # (N, L)
     pred, prob = predict_pairs(vla, pairs, cfg.batch_size)
     instr = [it["meta"].get("instruction", "") for it in pairs]
