@@ -359,3 +359,31 @@ def held_out_jpg() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (10, 20, 30)).save(buf, format="JPEG")
     return buf.getvalue()
+
+
+def test_threaded_batches_match_serial_ones(backbones, labels):
+    """Worker threads make the same batches as the main thread: each has its own processor
+    (a shared fast tokenizer pads one thread's batch with another's settings)."""
+    from itertools import islice
+
+    from hlrp.foundation.data import LabelStream, batches
+
+    vla = LatentActionVLA.from_backbone(str(backbones["smolvlm"]), 8, 2)
+    collate = Collator.for_model(vla, append_codes=True)
+    stream = LabelStream(open_labels(str(labels[0]), None).shards, 0, 0, 0.25, 2)
+    serial = list(islice(batches(stream, collate, 8), 40))
+    threaded = list(islice(batches(stream, collate, 8, workers=4), 40))
+    for (a, pa), (b, pb) in zip(serial, threaded, strict=True):
+        assert pa == pb and a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # the mechanism: every thread its own processor, the main thread the model's
+    import threading
+
+    seen = []
+    workers = [threading.Thread(target=lambda: seen.append(collate._processor())) for _ in "ab"]
+    for w in workers:
+        w.start()
+        w.join()
+    assert collate._processor() is vla.processor
+    assert len({id(p) for p in seen}) == 2 and vla.processor not in seen

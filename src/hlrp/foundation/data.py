@@ -14,6 +14,8 @@ same split function as stage 1, :func:`hlrp.data.split.is_val_video`).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import io
 import json
 import queue
@@ -173,6 +175,7 @@ class Collator:
         max_text_tokens: int = 0,
     ):
         self.processor = processor
+        self._local = threading.local()
         self.family = family
         self.action_ids = torch.tensor(list(action_ids), dtype=torch.long)
         self.append_codes = append_codes
@@ -182,9 +185,19 @@ class Collator:
         """The instruction, cut to ``max_text_tokens`` tokens of the backbone's tokenizer."""
         if self.max_text_tokens <= 0:
             return text
-        tok = self.processor.tokenizer
+        tok = self._processor().tokenizer
         ids = tok(text, add_special_tokens=False)["input_ids"]
         return text if len(ids) <= self.max_text_tokens else tok.decode(ids[: self.max_text_tokens])
+
+    def _processor(self) -> Any:
+        """This thread's copy of the processor: a fast tokenizer switches padding on and off
+        around each call, so two threads sharing one pad each other's batches wrongly."""
+        if threading.current_thread() is threading.main_thread():
+            return self.processor
+        proc = getattr(self._local, "processor", None)
+        if proc is None:
+            proc = self._local.processor = copy.deepcopy(self.processor)
+        return proc
 
     @classmethod
     def for_model(cls, vla: Any, append_codes: bool) -> Collator:
@@ -201,7 +214,7 @@ class Collator:
         else:
             proc_images = images
         batch = dict(
-            self.processor(
+            self._processor()(
                 images=proc_images,
                 text=texts,
                 padding="longest",
@@ -224,40 +237,68 @@ class Collator:
         return batch
 
 
-def prefetch(iterator: Iterator[Any], depth: int = 4) -> Iterator[Any]:
+class prefetch:  # noqa: N801 - used like a function: prefetch(iterator)
     """Run ``iterator`` in a background thread, ``depth`` items ahead (JPEG decoding and the
-    processor overlap the training step); exceptions surface in the consumer."""
-    q: queue.Queue = queue.Queue(depth)
-    done = object()
-    stop = threading.Event()
+    processor overlap the training step); exceptions surface in the consumer.
 
-    def work() -> None:
+    :meth:`close` (also on ``with``) stops the thread and closes ``iterator`` in it, so no
+    thread is inside native code (tokenizers, torch) when the interpreter exits: a daemon
+    thread there aborts the process ("terminate called without an active exception")."""
+
+    _DONE = object()
+
+    def __init__(self, iterator: Iterator[Any], depth: int = 4):
+        self._q: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._iterator = iterator
+        self._thread = threading.Thread(target=self._work, daemon=True, name="prefetch")
+        self._thread.start()
+
+    def _work(self) -> None:
         try:
-            for item in iterator:
-                while not stop.is_set():
+            for item in self._iterator:
+                while not self._stop.is_set():
                     try:
-                        q.put(item, timeout=0.1)
+                        self._q.put(item, timeout=0.1)
                         break
                     except queue.Full:
                         continue
-                if stop.is_set():
+                if self._stop.is_set():
                     return
-            q.put(done)
+            self._q.put(self._DONE)
         except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            q.put(e)
+            self._q.put(e)
+        finally:
+            close = getattr(self._iterator, "close", None)
+            if close is not None:
+                close()  # a generator: its own cleanup (worker pools) runs here
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+    def __iter__(self) -> prefetch:
+        return self
+
+    def __next__(self) -> Any:
+        item = self._q.get()
+        if item is self._DONE:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # unblock a put() waiting for room
+                self._q.get_nowait()
+            self._thread.join(0.1)
+            timeout -= 0.1
+            if timeout <= 0:
+                break
+
+    def __enter__(self) -> prefetch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def batches(

@@ -543,104 +543,109 @@ def train(cfg: RootConfig) -> dict[str, Any]:
     t_start, start_step = t_window, step
     model.train()
     last: dict[str, float] = {}
-    while step < total:
-        if step >= kill_at >= 0:
-            import signal
+    try:
+        while step < total:
+            if step >= kill_at >= 0:
+                import signal
 
-            log.warning("HLRP_FAULT_KILL_AT_STEP=%d: killing myself", kill_at)
-            os.kill(os.getpid(), signal.SIGKILL)
-        for micro in range(t.accumulate_grad_batches):
-            batch, stream_state = next(train_iter)
-            batch = {k: v.to(fabric.device) for k, v in batch.items()}
-            last_micro = micro == t.accumulate_grad_batches - 1
-            with fabric.no_backward_sync(model, enabled=not last_micro and fabric.world_size > 1):
-                loss, stats = model.loss(batch)
-                fabric.backward(loss / t.accumulate_grad_batches)
-            window["loss"] += loss.item()
-            window["token_acc"] += stats["token_acc"].item()
-            window["seq_acc"] += stats["seq_acc"].item()
-            window["n"] += 1
-            window["tokens"] += int(batch["attention_mask"].sum())
-            window["samples"] += batch["codes"].shape[0]
-        if t.grad_clip:
-            fabric.clip_gradients(model, opt, max_norm=t.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
-        step += 1
-        if bar is not None:
-            bar.update(1)
+                log.warning("HLRP_FAULT_KILL_AT_STEP=%d: killing myself", kill_at)
+                os.kill(os.getpid(), signal.SIGKILL)
+            for micro in range(t.accumulate_grad_batches):
+                batch, stream_state = next(train_iter)
+                batch = {k: v.to(fabric.device) for k, v in batch.items()}
+                last_micro = micro == t.accumulate_grad_batches - 1
+                with fabric.no_backward_sync(
+                    model, enabled=not last_micro and fabric.world_size > 1
+                ):
+                    loss, stats = model.loss(batch)
+                    fabric.backward(loss / t.accumulate_grad_batches)
+                window["loss"] += loss.item()
+                window["token_acc"] += stats["token_acc"].item()
+                window["seq_acc"] += stats["seq_acc"].item()
+                window["n"] += 1
+                window["tokens"] += int(batch["attention_mask"].sum())
+                window["samples"] += batch["codes"].shape[0]
+            if t.grad_clip:
+                fabric.clip_gradients(model, opt, max_norm=t.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            step += 1
+            if bar is not None:
+                bar.update(1)
 
-        if step % t.log_every_n_steps == 0 or step == total:
-            dt = time.perf_counter() - t_window
-            w = torch.tensor(
-                [window[k] for k in ("loss", "token_acc", "seq_acc", "n", "tokens", "samples")],
-                dtype=torch.float64,
-                device=fabric.device,
-            )
-            if fabric.world_size > 1:
-                w = fabric.all_reduce(w, reduce_op="sum")
-            n = max(1.0, float(w[3]))
-            tokens_s, samples_s = float(w[4]) / dt, float(w[5]) / dt
-            seq_len = float(w[4]) / max(1.0, float(w[5]))
-            mfu = (
-                tokens_s * flops_per_token(vla, int(seq_len)) / (peak * fabric.world_size)
-                if peak
-                else float("nan")
-            )
-            last = {
-                "train/loss": float(w[0]) / n,
-                "train/token_acc": float(w[1]) / n,
-                "train/seq_acc": float(w[2]) / n,
-                "lr": sched.get_last_lr()[0],
-                "tokens_per_s": tokens_s,
-                "samples_per_s": samples_s,
-                "mfu": mfu,
-            }
-            if rank == 0:
-                rate = (step - start_step) / max(1e-9, time.perf_counter() - t_start)
-                eta = (total - step) / max(rate, 1e-9) / 60
-                log.info(
-                    "step %d/%d | loss %.4f | token acc %.3f | seq acc %.3f | %.0f tok/s | "
-                    "%.1f samples/s | MFU %s | ETA %.1f min",
-                    step,
-                    total,
-                    last["train/loss"],
-                    last["train/token_acc"],
-                    last["train/seq_acc"],
-                    tokens_s,
-                    samples_s,
-                    "n/a" if math.isnan(mfu) else f"{100 * mfu:.1f}%",
-                    eta,
+            if step % t.log_every_n_steps == 0 or step == total:
+                dt = time.perf_counter() - t_window
+                w = torch.tensor(
+                    [window[k] for k in ("loss", "token_acc", "seq_acc", "n", "tokens", "samples")],
+                    dtype=torch.float64,
+                    device=fabric.device,
                 )
-            mlog.write(step, last)
-            window = dict.fromkeys(window, 0)
-            t_window = time.perf_counter()
-
-        every = t.validation.every_n_steps
-        if val_batches and every > 0 and (step % every == 0 or step == total):
-            v = {k: float(x) for k, x in validate(fabric, model, val_batches).items()}
-            last.update(v)
-            mlog.write(step, v)
-            if rank == 0:
-                log.info(
-                    "step %d: held-out loss %.4f | token acc %.3f | seq acc %.3f",
-                    step,
-                    v["val/loss"],
-                    v["val/token_acc"],
-                    v["val/seq_acc"],
+                if fabric.world_size > 1:
+                    w = fabric.all_reduce(w, reduce_op="sum")
+                n = max(1.0, float(w[3]))
+                tokens_s, samples_s = float(w[4]) / dt, float(w[5]) / dt
+                seq_len = float(w[4]) / max(1.0, float(w[5]))
+                mfu = (
+                    tokens_s * flops_per_token(vla, int(seq_len)) / (peak * fabric.world_size)
+                    if peak
+                    else float("nan")
                 )
-        stopping = stop_requested(fabric, stop)
-        if step % t.checkpoint_every_n_steps == 0 or step == total or stopping:
-            save_training_state(fabric, last_ckpt, model, opt, sched, step, stream_state, rhash)
-        if stopping:
-            log.error(
-                "signal %s: saved step %d to %s; the next run resumes from there",
-                stop["signal"],
-                step,
-                last_ckpt,
-            )
-            raise SystemExit(143)
+                last = {
+                    "train/loss": float(w[0]) / n,
+                    "train/token_acc": float(w[1]) / n,
+                    "train/seq_acc": float(w[2]) / n,
+                    "lr": sched.get_last_lr()[0],
+                    "tokens_per_s": tokens_s,
+                    "samples_per_s": samples_s,
+                    "mfu": mfu,
+                }
+                if rank == 0:
+                    rate = (step - start_step) / max(1e-9, time.perf_counter() - t_start)
+                    eta = (total - step) / max(rate, 1e-9) / 60
+                    log.info(
+                        "step %d/%d | loss %.4f | token acc %.3f | seq acc %.3f | %.0f tok/s | "
+                        "%.1f samples/s | MFU %s | ETA %.1f min",
+                        step,
+                        total,
+                        last["train/loss"],
+                        last["train/token_acc"],
+                        last["train/seq_acc"],
+                        tokens_s,
+                        samples_s,
+                        "n/a" if math.isnan(mfu) else f"{100 * mfu:.1f}%",
+                        eta,
+                    )
+                mlog.write(step, last)
+                window = dict.fromkeys(window, 0)
+                t_window = time.perf_counter()
+
+            every = t.validation.every_n_steps
+            if val_batches and every > 0 and (step % every == 0 or step == total):
+                v = {k: float(x) for k, x in validate(fabric, model, val_batches).items()}
+                last.update(v)
+                mlog.write(step, v)
+                if rank == 0:
+                    log.info(
+                        "step %d: held-out loss %.4f | token acc %.3f | seq acc %.3f",
+                        step,
+                        v["val/loss"],
+                        v["val/token_acc"],
+                        v["val/seq_acc"],
+                    )
+            stopping = stop_requested(fabric, stop)
+            if step % t.checkpoint_every_n_steps == 0 or step == total or stopping:
+                save_training_state(fabric, last_ckpt, model, opt, sched, step, stream_state, rhash)
+            if stopping:
+                log.error(
+                    "signal %s: saved step %d to %s; the next run resumes from there",
+                    stop["signal"],
+                    step,
+                    last_ckpt,
+                )
+                raise SystemExit(143)
+    finally:  # no data thread may outlive the loop (see data.prefetch)
+        train_iter.close()
     if bar is not None:
         bar.close()
 
