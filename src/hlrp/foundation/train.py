@@ -165,7 +165,7 @@ def flops_per_token(vla: LatentActionVLA, seq_len: int) -> float:
 
 
 # --------------------------------------------------------------------------------------
-# full-state checkpoints (every strategy: gathered to rank 0, one file)
+# checkpoints: one file gathered to rank 0, or under FSDP a sharded folder
 # --------------------------------------------------------------------------------------
 def _state_dict_options(full: bool, **kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
