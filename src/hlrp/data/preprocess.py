@@ -371,6 +371,16 @@ def _run_isolated(job: VideoJob, cfg: PreprocessConfig, min_frames: int) -> Vide
             )
 
 
+def _abandon(ex: cf.ProcessPoolExecutor) -> None:
+    """Shut a broken pool down. Its surviving workers are killed first: one may be blocked
+    writing a result nobody reads any more, and Python 3.11's pool then waits for it
+    forever (at the latest when the interpreter exits)."""
+    for proc in list((getattr(ex, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.kill()
+    ex.shutdown(wait=True, cancel_futures=True)
+
+
 def process_all(
     jobs: Sequence[VideoJob], cfg: PreprocessConfig, min_frames: int, workers: int
 ) -> Iterator[VideoResult]:
@@ -395,7 +405,7 @@ def process_all(
                 yield fut.result()
             except cf.process.BrokenProcessPool:
                 # a worker died (segfault in a decoder): retry the victims one by one
-                ex.shutdown(wait=False, cancel_futures=True)
+                _abandon(ex)
                 yield _run_isolated(job, cfg, min_frames)
                 victims = [j for j, _ in pending]
                 pending = []
