@@ -27,6 +27,14 @@ def lr_lambda(cfg: TrainingConfig, total_steps: int):
     return f
 
 
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``training.precision``: ``auto`` is bf16-mixed on a GPU that supports it, else fp32."""
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
 #: Dense bf16 peak FLOP/s per device (vendor data sheets, without sparsity).
 PEAK_BF16_FLOPS = {
     "H200": 989e12,

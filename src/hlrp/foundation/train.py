@@ -42,7 +42,7 @@ from hlrp.common.cli import run
 from hlrp.common.config import RootConfig, result_hash, to_yaml
 from hlrp.common.io import atomic_open, write_json, write_text
 from hlrp.common.logging import get_logger
-from hlrp.common.optim import lr_lambda, peak_flops, training_flops_per_token
+from hlrp.common.optim import lr_lambda, peak_flops, resolve_precision, training_flops_per_token
 from hlrp.common.plots import finish_axis, save_png
 from hlrp.foundation import TRAIN_RESULT_KEYS
 from hlrp.foundation.data import Collator, LabelStream, batches, held_out, open_labels, prefetch
@@ -71,13 +71,6 @@ def resume_hash(cfg: RootConfig, labels_key: str) -> str:
     """What a checkpoint must match to be resumed: the result keys less ``max_steps`` and the
     labels it learns from."""
     return f"{result_hash(cfg, *TRAIN_RESULT_KEYS, resume=True)[:12]}-{labels_key[:8]}"
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    if precision != "auto":
-        return precision
-    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def decoder_layer_classes(model: torch.nn.Module) -> set[type]:

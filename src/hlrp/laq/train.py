@@ -45,7 +45,7 @@ from hlrp.common.config import LAQModelConfig, RootConfig, TrainingConfig, resul
 from hlrp.common.io import atomic_open, write_json, write_text
 from hlrp.common.logging import get_logger
 from hlrp.common.metrics import psnr
-from hlrp.common.optim import lr_lambda
+from hlrp.common.optim import lr_lambda, resolve_precision
 from hlrp.common.plots import finish_axis, save_png
 from hlrp.laq import TRAIN_RESULT_KEYS
 from hlrp.laq.data import LAQDataModule
@@ -265,15 +265,6 @@ def validation_schedule(every_n_steps: int) -> dict[str, Any]:
     if every_n_steps > 0:
         return {"val_check_interval": every_n_steps, "check_val_every_n_epoch": None}
     return {"limit_val_batches": 0}
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    if precision != "auto":
-        return precision
-    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    if gpu and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def make_loggers(out: Path, cfg: RootConfig, name: str, wandb_mode: str, run_hash: str) -> list:
