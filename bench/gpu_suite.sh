@@ -6,8 +6,12 @@
 # 2. labelling pairs/s at laq_full (synthetic 256 px clips: no simulator needed);
 # 3. foundation (stage 2) training of a ~0.5 B Qwen2-VL-shaped backbone, batch 64, bf16, with
 #    and without gradient checkpointing (tokens/s, samples/s, MFU from counted FLOPs, memory);
-# 4. the `gpu`-marked tests (bf16 training, labelling, the reports, Fabric FSDP2 on CUDA).
-# Later stages add their rows here. Each step has its own time limit, so one slow step
+# 4. stage 3: finetuning samples/s of a policy on the same 0.5 B backbone, policy latency per
+#    action of the three heads, closed-loop Meta-World steps/s with the policy on the GPU
+#    (EGL rendering) against the simulator alone; the tiny demo policy likewise;
+# 5. the `gpu`-marked tests (bf16 training, labelling, the reports, Fabric FSDP2 on CUDA,
+#    stage 3's bf16 finetuning and GPU prediction).
+# The order puts the newest measurements first; the compiled LAQ run (longest) comes last. Each step has its own time limit, so one slow step
 # cannot eat the others' time; a failed step is reported and the suite goes on.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,14 +48,18 @@ step() {  # step NAME SECONDS CMD...
 }
 peak_arg=()
 [ "$peak" != 0 ] && peak_arg=(--peak-tflops "$peak")
-step laq_full_eager 120 $PY bench/laq_train_throughput.py --model laq --batch 64 --bf16 \
-  --steps 10 --repeats 3 "${peak_arg[@]}"
-step laq_full_compiled 240 $PY bench/laq_train_throughput.py --model laq --batch 64 --bf16 \
-  --compile --steps 10 --repeats 3 "${peak_arg[@]}"
-step label_laq_full 120 $PY bench/label_throughput.py --model laq --image-size 224 \
-  --batch 256 --synthetic
-step foundation_0.5b 300 env HF_HUB_OFFLINE=1 $PY bench/foundation_throughput.py --preset 0.5b \
+step low_level_0.5b 180 env HF_HUB_OFFLINE=1 $PY bench/low_level_throughput.py --preset 0.5b \
+  --batch 32 --bf16 --steps 5 --repeats 2 --episodes 2
+step low_level_tiny 120 env HF_HUB_OFFLINE=1 $PY bench/low_level_throughput.py --preset tiny \
+  --batch 32 --episodes 3
+step foundation_0.5b 240 env HF_HUB_OFFLINE=1 $PY bench/foundation_throughput.py --preset 0.5b \
   --batch 64 --bf16 --steps 5 --repeats 2 "${peak_arg[@]}"
 step gpu_tests 240 env HF_HUB_OFFLINE=1 $PY -m pytest -q -m gpu tests/test_gpu.py
+step laq_full_eager 120 $PY bench/laq_train_throughput.py --model laq --batch 64 --bf16 \
+  --steps 10 --repeats 3 "${peak_arg[@]}"
+step label_laq_full 120 $PY bench/label_throughput.py --model laq --image-size 224 \
+  --batch 256 --synthetic
+step laq_full_compiled 240 $PY bench/laq_train_throughput.py --model laq --batch 64 --bf16 \
+  --compile --steps 10 --repeats 3 "${peak_arg[@]}"
 echo "gpu_suite: $failed step(s) failed; JSON in bench/results/" | tee -a "$LOG"
 exit $((failed > 0))

@@ -18,7 +18,7 @@ ALLOWED = {
     "sim": {"common", "data", "sim"},
     "laq": {"common", "data", "laq"},
     "foundation": {"common", "data", "foundation", "laq.export"},
-    "low_level": {"common", "data", "low_level", "foundation.export"},
+    "low_level": {"common", "data", "sim", "low_level", "foundation.export"},
 }
 
 

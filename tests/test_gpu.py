@@ -1,4 +1,5 @@
-"""GPU paths of stage 1: bf16 training, labelling and the report on CUDA (marked ``gpu``).
+"""GPU paths: stage 1 (bf16 training, labelling, the report), stage 2 (bf16, FSDP2) and
+stage 3 (bf16 finetuning, prediction) on CUDA (marked ``gpu``).
 
 Skipped without a CUDA device; ``bench/gpu_suite.sh`` runs them on a lent GPU.
 """
@@ -142,3 +143,42 @@ def test_foundation_bf16_on_gpu(strategy, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["held_out"]["pairs"] > 0
+
+
+def test_finetuning_bf16_and_prediction_on_gpu(tmp_path):
+    """Stage 3 on CUDA: bf16-mixed finetuning of a tiny policy (flow head: sampling on the
+    GPU), its export, and prediction on the GPU matching prediction on the CPU."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hlrp.foundation.export import resolve_backbone
+    from hlrp.low_level.policy import VLAPolicy
+    from test_low_level import SIZE, synthetic_episodes
+
+    eps = synthetic_episodes(tmp_path / "episodes")
+    backbone = resolve_backbone("tiny-smolvlm", tmp_path / "bb", SIZE)
+    out = tmp_path / "ft"
+    proc = _cli(
+        "hlrp.low_level.train",
+        "experiment=ft_demo",
+        f"foundation.model.backbone={backbone}",
+        f"foundation.model.image_size={SIZE}",
+        "init=scratch",
+        f"data.episodes={eps.folder}/index.json",
+        f"output_dir={out}",
+        "model.head=flow",
+        "model.chunk=4",
+        "training.max_steps=20",
+        "training.precision=bf16-mixed",
+        "cluster.accelerator=gpu",
+        "cluster.wandb_mode=disabled",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ep = eps.load(eps.episodes[0])
+    args = ([np.asarray(ep.frames[0])], [ep.instruction], np.asarray(ep.state[:1]))
+    cpu = VLAPolicy.load(out / "policy").eval()
+    a = cpu.predict(*args, generator=torch.Generator().manual_seed(0))
+    gpu = VLAPolicy.load(out / "policy").cuda().eval()
+    b = gpu.predict(*args, generator=torch.Generator().manual_seed(0))
+    assert a.shape == b.shape == (1, 4, 4)
+    assert np.allclose(a, b, atol=1e-2), np.abs(a - b).max()

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from hlrp.common.config import load, result_digest
 from hlrp.foundation import TRAIN_RESULT_KEYS as FOUNDATION_RESULT_KEYS
 from hlrp.laq import TRAIN_RESULT_KEYS
+from hlrp.low_level import TRAIN_RESULT_KEYS as LOW_LEVEL_RESULT_KEYS
 from hlrp.data.preprocess import chunk_of
 from hlrp.data.video import list_videos
 
@@ -27,6 +28,9 @@ LAQ_TASKS = LAQ_NODES * LAQ_GPUS
 VLA_NODES = config["train_foundation"]["nodes"]
 VLA_GPUS = config["train_foundation"]["gpus_per_node"]
 VLA_TASKS = VLA_NODES * VLA_GPUS
+FT_NODES = config["finetune"]["nodes"]
+FT_GPUS = config["finetune"]["gpus_per_node"]
+FT_TASKS = FT_NODES * FT_GPUS
 
 
 def launch_prefix(tasks):
@@ -45,6 +49,11 @@ RULE_STAGE = {
     "label_latents": "laq",
     "train_foundation": "foundation",
     "foundation_report": "foundation",
+    "episodes": "low_level",
+    "pretrain_oracle": "low_level",
+    "finetune": "low_level",
+    "evaluate": "low_level",
+    "final_report": "low_level",
 }
 # Set by the workflow from its own resource settings: a user override would desync Slurm.
 RESERVED = ("cluster.devices", "cluster.num_nodes")
@@ -128,3 +137,64 @@ def chunk_inputs(wildcards):
     if USE_DEMO or Path(sidecar).is_file():
         files.append(sidecar)
     return files
+
+
+# --------------------------------------------------------------------------------------
+# stage 3 (rules/low_level.smk)
+# --------------------------------------------------------------------------------------
+FT = config["finetune"]
+EV = config["evaluate"]
+FT_SOURCE = FT["source"]
+
+
+def foundation_backbone_overrides():
+    """The backbone `scratch` and the oracle start from: the foundation experiment's, so the
+    variants differ only in their pretraining."""
+    m = stage_cfg("train_foundation").foundation.model
+    return f"foundation.model.backbone={shlex.quote(m.backbone)} foundation.model.image_size={m.image_size}"
+
+
+def episodes_inputs(wildcards):
+    if FT_SOURCE == "demo":
+        return [f"{DEMO_DIR}/videos/metadata.csv", f"{DEMO_DIR}/ground_truth/episodes.csv"]
+    return [f"{FT_SOURCE}/meta/info.json"]
+
+
+def finetune_shell(init):
+    return (
+        "{params.launch} python -m hlrp.low_level.train {params.overrides} "
+        f"{foundation_backbone_overrides()} init={init} data.episodes={{input.episodes:q}} "
+        "output_dir={params.out:q} data.num_workers={threads} cluster.num_nodes={params.nodes} "
+        "cluster.devices={params.gpus} {params.extra} > {log:q} 2>&1"
+    )
+
+
+FT_RESOURCES = dict(
+    nodes=FT_NODES,
+    gres=f"gpu:{FT_GPUS}",
+    tasks_per_node=FT_GPUS if FT_GPUS > 1 else 0,
+    tasks=FT_TASKS if FT_GPUS == 1 else 0,
+    tasks_per_gpu=1 if FT_GPUS == 1 else 0,
+    mpi=config["launcher"] if FT_TASKS > 1 else "",
+    mem_mb=64000,
+    runtime=24 * 60,
+)
+
+
+def finetune_init(wildcards):
+    """What each variant starts from (a file the rule depends on; none for scratch)."""
+    if wildcards.variant == "latent":
+        return {"init": f"{RESULTS}/foundation/model/hlrp_foundation.json"}
+    if wildcards.variant == "oracle":
+        return {"init": f"{RESULTS}/low_level/oracle_pretrain/policy/hlrp_policy.json"}
+    return {}
+
+
+# (--config finetune=... on the command line gives the numbers as strings)
+FT_RUNS = [(v, int(n)) for v in FT["variants"] for n in FT["episodes_per_task"]]
+EVALUATIONS = (
+    [f"{RESULTS}/evaluation/{v}/n{n}/results.json" for v, n in FT_RUNS] if EV["enabled"] else []
+)
+POLICIES = [f"{RESULTS}/low_level/{v}/n{n}/metrics.json" for v, n in FT_RUNS]
+
+

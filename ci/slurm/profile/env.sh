@@ -7,6 +7,8 @@ export HLRP_SLURM_ACCOUNT=""
 export HLRP_CPU_PARTITION="${HLRP_SLURM_PARTITION:-local}"
 export HLRP_GPU_PARTITION="${HLRP_SLURM_PARTITION:-local}"
 export HLRP_CPU_QOS="${HLRP_CPU_QOS-cpu}"
+export HLRP_EVAL_PARTITION="$HLRP_CPU_PARTITION"
+export HLRP_EVAL_QOS="$HLRP_CPU_QOS"
 # Variables of an enclosing Slurm job would leak into the submissions.
 for _v in $(env | grep -oE '^(SLURM|SBATCH|SRUN)_[A-Z_]+' || true); do unset "$_v"; done
 unset _v

@@ -98,15 +98,18 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
     return path.is_file() or (path.is_dir() and (path / SHARDED_META).is_file())
 
 
-def commit_folder(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
-    """Put the finished sharded checkpoint ``tmp`` at ``dest`` (global rank 0, after every
-    rank wrote its part). The old ``dest`` is renamed to ``.<name>.old`` first and removed
-    last, so a kill at any point leaves one complete checkpoint (see :func:`clean_partial`)."""
+def commit_folder(
+    tmp: str | os.PathLike, dest: str | os.PathLike, marker: str = SHARDED_META
+) -> None:
+    """Put the finished folder ``tmp`` (a sharded checkpoint, written by every rank, or a saved
+    model whose ``marker`` file is written last) at ``dest``. The old ``dest`` is renamed to
+    ``.<name>.old`` first and removed last, so a kill at any point leaves one complete folder
+    (see :func:`clean_partial`)."""
     import shutil
 
     tmp, dest = Path(tmp), Path(dest)
-    if not (tmp / SHARDED_META).is_file():
-        raise ResumeError(f"{tmp} is not a complete sharded checkpoint (no {SHARDED_META})")
+    if not (tmp / marker).is_file():
+        raise ResumeError(f"{tmp} is not complete (no {marker})")
     old = dest.parent / f".{dest.name}.old"
     if old.exists():
         shutil.rmtree(old)

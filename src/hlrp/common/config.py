@@ -321,13 +321,25 @@ class FoundationStageConfig:
 
 @dataclass
 class LowLevelModelConfig:
-    """The action head put on the foundation model (stage 3)."""
+    """The policy of stage 3: a VLM (the foundation model, or its backbone for ``scratch``)
+    with an action head. The backbone's own settings mirror ``foundation.model``'s."""
 
     name: str = "low_level"
-    head: str = "l1_chunk"  # bins (LAPA: quantile bins as tokens) | l1_chunk | flow
-    chunk: int = 8  # actions predicted per step (H)
-    bins: int = 256  # bins per action dimension (head=bins)
-    normalization: str = "mean_std"  # mean_std | quantile
+    head: str = "l1_chunk"  # l1_chunk (UniVLA-style L1 chunk) | bins (LAPA/OpenVLA tokens) | flow
+    chunk: int = 8  # actions predicted per query (H)
+    bins: int = 256  # quantile bins per action dimension (head=bins)
+    normalization: str = "mean_std"  # mean_std | quantile (q01/q99 to [-1, 1])
+    use_state: bool = True  # feed the proprioceptive state to the head (when the data has one)
+    hidden: int = 256  # width of the head's MLP (l1_chunk, flow)
+    head_layers: int = 2  # hidden layers of the head's MLP
+    flow_steps: int = 10  # Euler steps of the flow head at inference
+    dtype: str = "float32"  # weights that do not train (LoRA runs: bfloat16)
+    gradient_checkpointing: bool = False
+    freeze_vision: bool = False
+    lora_rank: int = 0  # > 0: LoRA adapters on the language model (one 24-32 GB GPU)
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    attn_implementation: str | None = None
 
 
 @dataclass
@@ -335,20 +347,39 @@ class LowLevelDataConfig:
     """The action-labelled episodes stage 3 learns from (``low_level.data``)."""
 
     name: str = "episodes"
-    source: str | None = field(default=None, metadata=PATH)  # shards or a LeRobotDataset folder
-    episodes_per_task: int = 5  # labelled episodes per task used for finetuning
-    batch_size: int = 8
+    source: str | None = field(default=None, metadata=PATH)  # demo | a LeRobotDataset v3 folder
+    episodes: str | None = field(default=None, metadata=PATH)  # episodes index.json (training)
+    episodes_per_task: int = 5  # labelled episodes per task (0: all)
+    image_size: int = 224  # frames are stored at this size (the policy's processor resizes)
+    camera: str | None = None  # LeRobot video key (None: the first camera)
+    batch_size: int = 8  # per process
     num_workers: int = field(default=2, metadata=NOT_RESULT)
 
 
 @dataclass
+class EvaluationConfig:
+    """Closed-loop evaluation in Meta-World (``low_level.evaluation``): the demo's camera,
+    resolution and frame rate (``demo.*``) on seeds the demo corpus never used."""
+
+    tasks: list[str] = field(default_factory=list)  # Meta-World v3 tasks ([]: the policy's)
+    episodes_per_task: int = 10
+    seed: int = 1000  # the demo corpus uses demo.seed (0): keep them apart
+    max_steps: int = 300  # simulator steps before an episode counts as failed
+    execute: int = 0  # actions executed per policy query (0: the whole chunk)
+    temporal_ensemble: float | None = None  # ACT's m: query every frame, average the chunks
+    videos_per_task: int = 1  # rollout mp4s kept per task
+    device: str = field(default="auto", metadata=NOT_RESULT)  # auto | cpu | cuda
+
+
+@dataclass
 class LowLevelStageConfig:
-    """Stage 3 (``low_level``): finetune the foundation model to continuous actions."""
+    """Stage 3 (``low_level``): finetune to continuous actions, evaluate in closed loop."""
 
     model: LowLevelModelConfig = field(default_factory=LowLevelModelConfig)
     data: LowLevelDataConfig = field(default_factory=LowLevelDataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
 # --------------------------------------------------------------------------------------
@@ -374,6 +405,8 @@ class RootConfig:
     laq_ckpt: str | None = field(default=None, metadata=PATH)  # a trained LAQ (laq.ckpt)
     report: str | None = field(default=None, metadata=PATH)  # the laq_report JSON labelling checks
     model_dir: str | None = field(default=None, metadata=PATH)  # a trained foundation model
+    init: str | None = field(default=None, metadata=PATH)  # stage 3's start: scratch | a folder
+    policy_dir: str | None = field(default=None, metadata=PATH)  # a trained stage-3 policy
     chunk: int | None = None  # preprocess only the videos of this chunk (see num_chunks)
     num_chunks: int = 1  # the workflow splits a corpus into this many preprocess jobs
 
@@ -402,6 +435,7 @@ STAGE_ALIASES = {
         "data": "low_level.data",
         "training": "low_level.training",
         "cluster": "low_level.cluster",
+        "evaluation": "low_level.evaluation",
     },
 }
 SHARED_DATA_KEYS = ("preprocess",)  # ``data.preprocess.*`` stays shared in every stage
@@ -417,6 +451,8 @@ def register_schemas() -> None:
     cs.store(group="schema", name="laq", node=LAQModelConfig)
     cs.store(group="schema", name="foundation", node=FoundationModelConfig)
     cs.store(group="schema", name="foundation_data", node=FoundationDataConfig)
+    cs.store(group="schema", name="low_level", node=LowLevelModelConfig)
+    cs.store(group="schema", name="demo", node=DemoConfig)
     cs.store(group="schema", name="training", node=TrainingConfig)
     cs.store(group="schema", name="cluster", node=ClusterConfig)
 

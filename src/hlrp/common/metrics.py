@@ -8,7 +8,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 
-__all__ = ["MSE_FLOOR", "finite", "psnr"]
+__all__ = ["MSE_FLOOR", "finite", "psnr", "wilson_interval"]
 
 MSE_FLOOR = 1e-10  # identical images: PSNR capped at 100 dB instead of infinity
 
@@ -34,3 +34,14 @@ def finite(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (95 % for z = 1.96); (0, 1) when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

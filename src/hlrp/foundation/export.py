@@ -1,4 +1,5 @@
-"""The trained foundation model as files: what stage 3 and the report load.
+"""Stage 2's public API for stage 3: the trained foundation model as files, and the pieces a
+policy built on it needs (the backbone families, token and adapter helpers).
 
 ``results/foundation/model/`` holds the backbone's ``save_pretrained`` files (weights, config,
 processor and tokenizer with the ``<ACT_i>`` tokens) and ``hlrp_foundation.json``
@@ -12,7 +13,39 @@ import json
 import os
 from pathlib import Path
 
-from hlrp.foundation.model import META_FILE, LatentActionVLA, VLAMeta
+from hlrp.foundation.families import (
+    FAMILIES,
+    Family,
+    check_backbone,
+    family_of,
+    resolve_backbone,
+)
+from hlrp.foundation.model import (
+    META_FILE,
+    LatentActionVLA,
+    VLAMeta,
+    adapt_backbone,
+    add_tokens,
+    constrained_generate,
+    load_backbone,
+)
+
+__all__ = [
+    "FAMILIES",
+    "META_FILE",
+    "Family",
+    "LatentActionVLA",
+    "VLAMeta",
+    "adapt_backbone",
+    "add_tokens",
+    "check_backbone",
+    "constrained_generate",
+    "family_of",
+    "load_backbone",
+    "load_foundation",
+    "read_meta",
+    "resolve_backbone",
+]
 
 
 def load_foundation(folder: str | os.PathLike, dtype: str = "float32") -> LatentActionVLA:

@@ -90,19 +90,10 @@ class LatentActionVLA(nn.Module):
         **meta: Any,
     ) -> LatentActionVLA:
         """Load ``backbone`` (hub id or folder) and add ``codebook_size`` action tokens."""
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-
-        check_backbone(backbone)
-        config = AutoConfig.from_pretrained(backbone)
-        family = family_of(config.model_type, backbone)
-        processor = AutoProcessor.from_pretrained(backbone)
-        kw = {"dtype": _dtype(dtype)}
-        if attn_implementation:
-            kw["attn_implementation"] = attn_implementation
-        model = AutoModelForImageTextToText.from_pretrained(backbone, **kw)
+        model, processor, family = load_backbone(backbone, dtype, attn_implementation)
         ids = add_action_tokens(model, processor.tokenizer, codebook_size)
         vmeta = VLAMeta(family.name, codebook_size, code_seq_len, ids, backbone=backbone, **meta)
-        return cls(model, _left_padded(processor), family, vmeta)
+        return cls(model, processor, family, vmeta)
 
     @classmethod
     def from_saved(cls, folder: str | os.PathLike, dtype: str = "float32") -> LatentActionVLA:
@@ -161,39 +152,69 @@ class LatentActionVLA(nn.Module):
     def predict(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Constrained greedy generation: codes (B, L) in [0, K) and their probabilities (B, L)
         among the K code tokens. ``batch`` holds the prompt only (no codes appended)."""
-        from transformers import LogitsProcessor, LogitsProcessorList
-
-        allowed = self.action_ids
-
-        class OnlyActionTokens(LogitsProcessor):
-            def __call__(self, input_ids, scores):
-                mask = torch.full_like(scores, float("-inf"))
-                mask[:, allowed] = 0
-                return scores + mask
-
-        L = self.code_seq_len
-        tok = self.processor.tokenizer
         inputs = {k: v for k, v in batch.items() if k != "codes"}
-        out = self.backbone.generate(
-            **inputs,
-            max_new_tokens=L,
-            min_new_tokens=L,
-            do_sample=False,
-            num_beams=1,
-            logits_processor=LogitsProcessorList([OnlyActionTokens()]),
-            output_scores=True,
-            return_dict_in_generate=True,
-            pad_token_id=tok.pad_token_id,
+        return constrained_generate(
+            self.backbone, self.processor.tokenizer, inputs, self.action_ids, self.code_seq_len
         )
-        new = out.sequences[:, -L:]  # (B, L) token ids
-        lookup = torch.full((int(allowed.max()) + 1,), -1, dtype=torch.long, device=new.device)
-        lookup[allowed] = torch.arange(len(allowed), device=new.device)
-        codes = lookup[new]
-        if (codes < 0).any():
-            raise RuntimeError("constrained generation produced a non-action token")
-        scores = torch.stack(out.scores, 1).float()  # (B, L, V), masked
-        probs = scores[..., allowed].softmax(-1).gather(-1, codes[..., None])[..., 0]
-        return codes, probs
+
+
+@torch.no_grad()
+def constrained_generate(
+    backbone: nn.Module,
+    tokenizer: Any,
+    inputs: dict[str, torch.Tensor],
+    allowed: torch.Tensor,
+    n: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` greedy tokens after the prompt in ``inputs`` with every token outside ``allowed``
+    (ids, (K,)) masked out. Returns their indices in ``allowed`` (B, n) and their probabilities
+    among the allowed tokens (B, n)."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class OnlyAllowed(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            mask = torch.full_like(scores, float("-inf"))
+            mask[:, allowed] = 0
+            return scores + mask
+
+    out = backbone.generate(
+        **inputs,
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        num_beams=1,
+        logits_processor=LogitsProcessorList([OnlyAllowed()]),
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    new = out.sequences[:, -n:]  # (B, n) token ids
+    lookup = torch.full((int(allowed.max()) + 1,), -1, dtype=torch.long, device=new.device)
+    lookup[allowed] = torch.arange(len(allowed), device=new.device)
+    index = lookup[new]
+    if (index < 0).any():
+        raise RuntimeError("constrained generation produced a token outside the allowed set")
+    scores = torch.stack(out.scores, 1).float()  # (B, n, V), masked
+    probs = scores[..., allowed].softmax(-1).gather(-1, index[..., None])[..., 0]
+    return index, probs
+
+
+def load_backbone(
+    backbone: str, dtype: str = "float32", attn_implementation: str | None = None
+) -> tuple[nn.Module, Any, Family]:
+    """A backbone (hub id or folder) as ``AutoModelForImageTextToText``, its processor (left
+    padding) and its family."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    check_backbone(backbone)
+    config = AutoConfig.from_pretrained(backbone)
+    family = family_of(config.model_type, backbone)
+    processor = AutoProcessor.from_pretrained(backbone)
+    kw: dict[str, Any] = {"dtype": _dtype(dtype)}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(backbone, **kw)
+    return model, _left_padded(processor), family
 
 
 def _left_padded(processor: Any) -> Any:
@@ -204,12 +225,18 @@ def _left_padded(processor: Any) -> Any:
 def add_action_tokens(model: nn.Module, tokenizer: Any, codebook_size: int) -> list[int]:
     """Add ``<ACT_0>`` ... ``<ACT_{K-1}>`` to the tokenizer and the model's embeddings; new
     input and output rows start at the mean of the existing ones. Returns their ids."""
-    names = [action_token(i) for i in range(codebook_size)]
+    return add_tokens(model, tokenizer, [action_token(i) for i in range(codebook_size)])
+
+
+def add_tokens(model: nn.Module, tokenizer: Any, names: list[str]) -> list[int]:
+    """Add the special tokens ``names`` to the tokenizer and the model's embeddings (all or
+    none may be present already); new input and output rows start at the mean of the
+    existing ones. Returns their ids."""
     present = [n for n in names if n in tokenizer.get_vocab()]
     if present and len(present) != len(names):
         raise ValueError(
-            f"the backbone's tokenizer has {len(present)} of {len(names)} action tokens: it was "
-            "saved with another codebook size"
+            f"the backbone's tokenizer has {len(present)} of {len(names)} of the tokens "
+            f"{names[0]}...: it was saved with another vocabulary size"
         )
     if not present:
         tokenizer.add_tokens(names, special_tokens=True)
@@ -229,3 +256,57 @@ def add_action_tokens(model: nn.Module, tokenizer: Any, codebook_size: int) -> l
             if getattr(out, "bias", None) is not None:
                 out.bias[ids] = out.bias[:first].mean()
     return [int(i) for i in ids]
+
+
+#: Module names of the vision towers of the supported families (frozen by freeze_vision).
+VISION_MODULES = ("vision_model", "vision_tower", "visual")
+
+
+def adapt_backbone(
+    backbone: nn.Module,
+    *,
+    freeze_vision: bool = False,
+    lora_rank: int = 0,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.0,
+    gradient_checkpointing: bool = False,
+    train_token_ids: list[int] | tuple[int, ...] = (),
+    modules_to_save: tuple[str, ...] = (),
+) -> nn.Module:
+    """Freeze the vision tower, put LoRA adapters (peft) on the language model's projections
+    (the rows ``train_token_ids`` of the input embeddings and ``modules_to_save`` train in
+    full), turn on gradient checkpointing; parameters that train become fp32 master weights.
+    Returns the (possibly peft-wrapped) backbone. Both training stages use this."""
+    if freeze_vision:
+        frozen = 0
+        for name, p in backbone.named_parameters():
+            if any(f".{v}." in f".{name}" for v in VISION_MODULES):
+                p.requires_grad_(False)
+                frozen += 1
+        if not frozen:
+            raise ValueError("model.freeze_vision=true but no vision tower parameters were found")
+    if lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lang = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+        kw: dict[str, Any] = {}
+        if train_token_ids:
+            kw["trainable_token_indices"] = {"embed_tokens": list(train_token_ids)}
+        lcfg = LoraConfig(
+            r=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=lang,
+            modules_to_save=list(modules_to_save) or None,
+            **kw,
+        )
+        backbone = get_peft_model(backbone, lcfg)
+    for p in backbone.parameters():  # what trains keeps fp32 master weights; frozen: model.dtype
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if gradient_checkpointing:
+        backbone.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+        backbone.config.use_cache = False
+    return backbone

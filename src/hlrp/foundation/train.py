@@ -47,11 +47,10 @@ from hlrp.common.plots import finish_axis, save_png
 from hlrp.foundation import TRAIN_RESULT_KEYS
 from hlrp.foundation.data import Collator, LabelStream, batches, held_out, open_labels, prefetch
 from hlrp.foundation.families import resolve_backbone
-from hlrp.foundation.model import LatentActionVLA
+from hlrp.foundation.model import LatentActionVLA, adapt_backbone
 
 log = get_logger("foundation.train")
 
-VISION_MODULES = ("vision_model", "vision_tower", "visual")
 CSV_FIELDS = [
     "step",
     "train/loss",
@@ -113,38 +112,18 @@ def make_strategy(name: str, backbone: torch.nn.Module, precision: str, world: i
 def prepare_model(vla: LatentActionVLA, cfg: RootConfig) -> dict[str, int]:
     """Freezing, LoRA and gradient checkpointing as the config asks; parameter counts."""
     m = cfg.foundation.model
-    strategy = cfg.foundation.cluster.strategy
-    if m.freeze_vision:
-        frozen = 0
-        for name, p in vla.backbone.named_parameters():
-            if any(f".{v}." in f".{name}" for v in VISION_MODULES):
-                p.requires_grad_(False)
-                frozen += 1
-        if not frozen:
-            raise ValueError("model.freeze_vision=true but no vision tower parameters were found")
-    if m.lora_rank > 0:
-        if strategy == "fsdp":
-            raise ValueError("model.lora_rank > 0 is for single-GPU or DDP runs, not FSDP")
-        from peft import LoraConfig, get_peft_model
-
-        lang = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-        lcfg = LoraConfig(
-            r=m.lora_rank,
-            lora_alpha=m.lora_alpha,
-            lora_dropout=m.lora_dropout,
-            target_modules=lang,
-            trainable_token_indices={"embed_tokens": list(vla.meta.action_token_ids)},
-            modules_to_save=["lm_head"],
-        )
-        vla.backbone = get_peft_model(vla.backbone, lcfg)
-    for p in vla.parameters():  # what trains keeps fp32 master weights; frozen: model.dtype
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-    if m.gradient_checkpointing:
-        vla.backbone.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
-        vla.backbone.config.use_cache = False
+    if m.lora_rank > 0 and cfg.foundation.cluster.strategy == "fsdp":
+        raise ValueError("model.lora_rank > 0 is for single-GPU or DDP runs, not FSDP")
+    vla.backbone = adapt_backbone(
+        vla.backbone,
+        freeze_vision=m.freeze_vision,
+        lora_rank=m.lora_rank,
+        lora_alpha=m.lora_alpha,
+        lora_dropout=m.lora_dropout,
+        gradient_checkpointing=m.gradient_checkpointing,
+        train_token_ids=vla.meta.action_token_ids,
+        modules_to_save=("lm_head",),
+    )
     total = sum(p.numel() for p in vla.parameters())
     trainable = sum(p.numel() for p in vla.parameters() if p.requires_grad)
     return {"parameters": total, "trainable": trainable}

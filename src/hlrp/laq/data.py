@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing as mp
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from hlrp.common.config import DataConfig
+from hlrp.common.lightning import ResumableLoader
 from hlrp.data.preprocess import video_id
 from hlrp.data.shards import ClipStream, FramePairs, all_pairs, decode_frames, iter_clips
 from hlrp.data.split import is_val_video
@@ -122,54 +123,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "key": [it["key"] for it in items],
         "instruction": [it["instruction"] for it in items],
     }
-
-
-class ResumableLoader:
-    """An epoch-aware loader Lightning can checkpoint mid-epoch.
-
-    ``make(epoch, start)`` returns the DataLoader of ``epoch`` positioned at batch ``start``:
-    the batches it yields must be exactly those of an uninterrupted epoch from ``start`` on,
-    and it must reach that position without building the batches before it. Every iteration
-    is a new epoch (Lightning starts one iteration per epoch and may stop it after ``length``
-    batches). ``state_dict`` records the epoch and how many of its batches were handed out;
-    after ``load_state_dict`` the next iteration continues that epoch from there.
-    """
-
-    def __init__(self, make: Callable[[int, int], DataLoader], length: int | None):
-        self.make = make
-        self.length = length
-        self.epoch = 0
-        self.served = 0  # batches of this epoch handed out (including those before a resume)
-        self._started = False
-        self._resume: tuple[int, int] | None = None
-
-    def __len__(self) -> int:
-        if self.length is None:
-            raise TypeError("length unknown")
-        return self.length
-
-    def __iter__(self) -> Iterator[Any]:
-        if self._resume is not None:
-            self.epoch, start = self._resume
-            self._resume = None
-        else:
-            self.epoch += int(self._started)
-            start = 0
-        self._started = True
-        self.served = start
-        for batch in self.make(self.epoch, start):
-            self.served += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "served": self.served}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, served = int(state["epoch"]), int(state["served"])
-        if self.length is not None and served >= self.length:  # saved after an epoch's last batch
-            epoch, served = epoch + 1, 0
-        self._resume = (epoch, served)
-        self._started = True
 
 
 class SkipSampler(torch.utils.data.Sampler):
