@@ -228,6 +228,13 @@ def test_missing_start_and_mismatched_actions_fail_clearly(episodes, backbone, t
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2 and "/no/such/foundation" in proc.stderr
     assert not out.exists()
+    empty = tmp_path / "not_a_model"  # a folder, but neither stage 2's model nor a policy
+    empty.mkdir()
+    proc = subprocess.run(
+        train_cmd(episodes.folder, out, backbone, f"init={empty}"), capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "hlrp_foundation.json" in proc.stderr
+    assert not out.exists()
 
     # a policy of 4-D actions cannot continue on 7-D episodes
     policy, _ = make_policy(episodes, backbone, "l1_chunk")

@@ -154,6 +154,18 @@ def foundation_backbone_overrides():
     return f"foundation.model.backbone={shlex.quote(m.backbone)} foundation.model.image_size={m.image_size}"
 
 
+def demo_overrides():
+    """How the demo corpus was rendered and split (stage 1's settings, with the user's
+    demo_videos overrides): the labelled episodes keep stage 1's held-out videos out, and
+    evaluation renders with the corpus' camera, resolution and frame rate."""
+    d = stage_cfg("demo_videos").demo
+    split = stage_cfg("train_laq").laq.data.val_split
+    return (
+        f"demo.camera={d.camera} demo.resolution={d.resolution} "
+        f"demo.steps_per_frame={d.steps_per_frame} laq.data.val_split={split}"
+    )
+
+
 def episodes_inputs(wildcards):
     if FT_SOURCE == "demo":
         return [f"{DEMO_DIR}/videos/metadata.csv", f"{DEMO_DIR}/ground_truth/episodes.csv"]

@@ -26,13 +26,16 @@ rule episodes:
     params:
         out=lambda wildcards, output: str(Path(output.index).parent),
         n=lambda wildcards: 0 if wildcards.n == "all" else int(wildcards.n),
+        demo=demo_overrides(),
         source=(
             f"data.source=demo input_dir={shlex.quote(DEMO_DIR)}"
             if FT_SOURCE == "demo"
             else f"data.source={shlex.quote(FT_SOURCE)}"
         ),
         overrides=cli_overrides("episodes"),
-        config=config_digest("episodes", "low_level.data", "laq.data.val_split", "demo"),
+        config=config_digest("episodes", "low_level.data")
+        + config_digest("train_laq", "laq.data.val_split")
+        + config_digest("demo_videos", "demo"),
     conda:
         "../../environment.yml"
     log:
@@ -44,7 +47,7 @@ rule episodes:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m hlrp.low_level.episodes {params.overrides} {params.source} "
+        "python -m hlrp.low_level.episodes {params.overrides} {params.source} {params.demo} "
         "data.episodes_per_task={params.n} output_dir={params.out:q} > {log:q} 2>&1"
 
 
@@ -63,7 +66,12 @@ rule pretrain_oracle:
         # as many steps as stage 2 pretrains for: the same budget, true actions for codes
         extra=f"training.max_steps={stage_cfg('train_foundation').foundation.training.max_steps}",
         config=config_digest("pretrain_oracle", *LOW_LEVEL_RESULT_KEYS)
-        + config_digest("train_foundation", "foundation.model", "foundation.training.max_steps"),
+        + config_digest(
+            "train_foundation",
+            "foundation.model.backbone",
+            "foundation.model.image_size",
+            "foundation.training.max_steps",
+        ),
     conda:
         "../../environment.yml"
     log:
@@ -95,7 +103,7 @@ rule finetune:
         overrides=cli_overrides("finetune"),
         extra="",
         config=config_digest("finetune", *LOW_LEVEL_RESULT_KEYS)
-        + config_digest("train_foundation", "foundation.model"),
+        + config_digest("train_foundation", "foundation.model.backbone", "foundation.model.image_size"),
     conda:
         "../../environment.yml"
     log:
@@ -119,7 +127,9 @@ rule evaluate:
         out=lambda wildcards, output: str(Path(output.results).parent),
         overrides=cli_overrides("evaluate"),
         device="cuda" if EV["gpu"] else "cpu",
-        config=config_digest("evaluate", "low_level.evaluation", "demo"),
+        demo=demo_overrides(),
+        config=config_digest("evaluate", "low_level.evaluation")
+        + config_digest("demo_videos", "demo"),
     conda:
         "../../environment.yml"
     log:
@@ -133,7 +143,7 @@ rule evaluate:
         runtime=240,
     shell:
         "MUJOCO_GL=${{MUJOCO_GL:-egl}} python -m hlrp.low_level.evaluate {params.overrides} "
-        "policy_dir={params.policy:q} output_dir={params.out:q} "
+        "{params.demo} policy_dir={params.policy:q} output_dir={params.out:q} "
         "evaluation.device={params.device} > {log:q} 2>&1"
 
 

@@ -146,6 +146,8 @@ def evaluate(cfg: RootConfig) -> dict[str, Any]:
             f"{cfg.policy_dir}: the policy outputs {meta.action_dim}-D actions; Meta-World takes "
             "4-D end-effector deltas (dx, dy, dz, gripper)"
         )
+    if ev.episodes_per_task < 1:
+        raise ConfigError(f"evaluation.episodes_per_task={ev.episodes_per_task} must be >= 1")
     tasks = list(ev.tasks) or list(meta.tasks)
     if not tasks:
         raise ConfigError("evaluation.tasks is empty and the policy names no tasks")

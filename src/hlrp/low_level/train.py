@@ -50,6 +50,7 @@ from hlrp.common.lightning import (
 from hlrp.common.logging import get_logger
 from hlrp.common.optim import lr_lambda, resolve_precision
 from hlrp.common.plots import finish_axis, save_png
+from hlrp.foundation.export import META_FILE as FOUNDATION_META
 from hlrp.foundation.export import adapt_backbone, resolve_backbone
 from hlrp.low_level import TRAIN_RESULT_KEYS
 from hlrp.low_level.episodes import EpisodeError, EpisodeSet, open_episodes
@@ -148,6 +149,7 @@ def make_loader(
     def make(epoch: int, start: int) -> DataLoader:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(len(ds), generator=g).tolist()
+        order += order[: per_rank * world - len(order)]  # every rank the same count
         mine = order[rank::world]
         extra: dict[str, Any] = {}
         if workers > 0:
@@ -212,7 +214,7 @@ class PolicyModule(L.LightningModule):
 # --------------------------------------------------------------------------------------
 def resume_hash(cfg: RootConfig, episodes_sha: str) -> str:
     """What a checkpoint must match to be resumed: the config less ``max_steps``, the
-    episodes (their index's sha256) and where the policy started."""
+    episodes and the start (their files' sha256) and where the policy started."""
     import hashlib
 
     key = f"{result_hash(cfg, *TRAIN_RESULT_KEYS, resume=True)}/{episodes_sha}/{cfg.init}"
@@ -233,6 +235,18 @@ def build_policy(
     stats = {"action": episodes.stats["action"]}
     if state_dim:
         stats["state"] = episodes.stats["state"]
+    marker = init_marker(cfg.init)
+    if marker is not None and marker.name == POLICY_FILE:
+        import json
+
+        saved = json.loads(marker.read_text())
+        same = (saved["head"], saved["normalization"], saved["state_dim"]) == (
+            m.head,
+            m.normalization,
+            state_dim,
+        )
+        if same:  # its head works in its own normalised space: keep that space
+            stats = saved["stats"]
     meta = PolicyMeta(
         head=m.head,
         chunk=m.chunk,
@@ -264,9 +278,6 @@ def build_policy(
         attn_implementation=m.attn_implementation,
         train_actions=ds.all_actions() if m.head == "bins" else None,
     )
-    saved = getattr(policy.meta, "action_dim", None)
-    if saved != episodes.action_dim:
-        raise ConfigError(f"policy action dim {saved} != episodes' {episodes.action_dim}")
     policy.backbone = adapt_backbone(
         policy.backbone,
         freeze_vision=m.freeze_vision,
@@ -283,25 +294,32 @@ def build_policy(
     return policy, ds
 
 
-def check_init(init: str | None, episodes: EpisodeSet) -> None:
-    """Fail before any work when a policy to continue has another action space."""
+def init_marker(init: str | None) -> Path | None:
+    """The file that makes ``init`` a start: stage 2's ``hlrp_foundation.json`` or a policy's
+    ``hlrp_policy.json`` (None for ``scratch``)."""
     if not init or init == "scratch":
-        return
+        return None
+    for name in (FOUNDATION_META, POLICY_FILE):
+        if (Path(init) / name).is_file():
+            return Path(init) / name
+    raise ConfigError(
+        f"init={init}: not a foundation model (no {FOUNDATION_META}: rule train_foundation "
+        f"writes results/foundation/model/) nor a policy (no {POLICY_FILE}), nor 'scratch'"
+    )
+
+
+def check_init(init: str | None, episodes: EpisodeSet) -> None:
+    """Fail before any write when the start is missing or has another action space."""
     import json
 
-    path = Path(init) / POLICY_FILE
-    if path.is_file():
-        saved = json.loads(path.read_text())
+    marker = init_marker(init)
+    if marker is not None and marker.name == POLICY_FILE:
+        saved = json.loads(marker.read_text())
         if int(saved["action_dim"]) != episodes.action_dim:
             raise ConfigError(
                 f"init={init}: that policy outputs {saved['action_dim']}-D actions but the "
                 f"episodes in {episodes.folder} have {episodes.action_dim}-D actions"
             )
-    elif not Path(init).is_dir():
-        raise ConfigError(
-            f"init={init}: no such folder (the foundation model of rule train_foundation, "
-            "a policy folder, or 'scratch')"
-        )
 
 
 def export_policy(module: PolicyModule, folder: Path, step: int) -> None:
@@ -360,7 +378,12 @@ def train(cfg: RootConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    rhash = resume_hash(cfg, file_sha256(episodes.folder / "index.json"))
+    marker = init_marker(cfg.init)
+    rhash = resume_hash(
+        cfg,
+        file_sha256(episodes.folder / "index.json")
+        + (file_sha256(marker) if marker is not None else ""),  # a rebuilt start: anew
+    )
     cl, t = st.cluster, st.training
     world = cl.devices * cl.num_nodes
     if t.max_steps <= 0:
