@@ -1,5 +1,6 @@
 # hlrp: two commands for a newcomer.
-#   make demo   set up .venv (if missing) and run the whole workflow on the embedded demo
+#   make demo   set up .venv (if missing) and run the whole workflow on the embedded demo,
+#               ending with the path of the final report
 #   make test   the test suite (what CI runs)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -26,7 +27,7 @@ setup: $(BIN)/.installed
 
 demo: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores all all
-	@echo "demo shards: results/shards/index.json"
+	@echo "final report: $(CURDIR)/results/report/index.html (stage reports: results/laq_report/, results/foundation_report/)"
 
 test: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --timeout=900
