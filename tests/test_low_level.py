@@ -347,3 +347,27 @@ def test_a_tiny_policy_solves_button_press_in_closed_loop(tmp_path):
     assert (tmp_path / "ev0" / "rollouts.csv").read_text() == (
         tmp_path / "ev1" / "rollouts.csv"
     ).read_text()
+
+
+def test_lora_and_frozen_vision_finetune_and_export_merged(episodes, backbone, tmp_path):
+    """The one-GPU recipe (ft_local: LoRA on the language model, frozen vision tower) on the
+    tiny backbone: it trains, and the exported policy (adapters merged into the weights)
+    loads without peft and predicts actions of the right shape."""
+    out = tmp_path / "lora"
+    cmd = train_cmd(
+        episodes.folder,
+        out,
+        backbone,
+        "model.head=l1_chunk",
+        "model.lora_rank=4",
+        "model.freeze_vision=true",
+        "training.max_steps=4",
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "M training" in proc.stderr
+    policy = VLAPolicy.load(out / "policy").eval()
+    assert not any("lora" in k for k in policy.backbone.state_dict())
+    ep = episodes.load(episodes.episodes[0])
+    pred = policy.predict([np.asarray(ep.frames[0])], [ep.instruction], np.asarray(ep.state[:1]))
+    assert pred.shape == (1, 4, episodes.action_dim) and np.isfinite(pred).all()
