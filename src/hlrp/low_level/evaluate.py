@@ -4,9 +4,10 @@
         output_dir=results/evaluation/latent/n2 [evaluation.tasks=[button-press-topdown-v3]]
 
 For every task (``evaluation.tasks``; empty: the tasks the policy was finetuned on) and
-episode ``k < evaluation.episodes_per_task`` the environment is reset to its own variation
-and a seed derived from ``(evaluation.seed, task, k)``, a seed range the demo corpus never
-used. Each step renders the frame at the demo's camera and resolution, resizes it as
+episode ``k < evaluation.episodes_per_task`` the environment is reset to task variation
+``k`` of Meta-World's MT1 benchmark built with ``evaluation.seed`` (object and goal positions
+the demo corpus, built with ``demo.seed``, never had; Meta-World v3 draws them from the
+benchmark's seed, not from the seed given to ``reset``). Each step renders the frame at the demo's camera and resolution, resizes it as
 preprocessing does, and asks the policy for a chunk of H actions given the frame, the
 instruction and the hand's state; the chunk is executed (``evaluation.execute`` of its
 actions, 0: all) before the next query, or, with ``evaluation.temporal_ensemble=m``, the

@@ -3,9 +3,9 @@
 :class:`SimTask` reuses the demo's renderer (:mod:`hlrp.sim.demo_videos`: camera, resolution,
 no shadows, the upright image) so a policy sees at evaluation what its training frames
 showed. One policy action is one frame: it is repeated for ``demo.steps_per_frame``
-simulator steps, then the next frame is rendered. Episodes are seeded from
-``(seed, task, episode)`` with the same stable hash as the demo corpus; use an evaluation
-seed the corpus never used (the demo uses ``demo.seed``).
+simulator steps, then the next frame is rendered. Episode ``k`` is task variation ``k`` of
+the MT1 benchmark built with ``seed`` (its object and goal positions come from that seed);
+use an evaluation seed the corpus never used (the demo uses ``demo.seed``).
 
 One environment (and GL context) at a time per process: close a task before opening the next
 (:meth:`SimTask.close`), see the note on black frames in :mod:`hlrp.sim.demo_videos`.
