@@ -1,25 +1,31 @@
 """Lightning pieces both Lightning stages use (stage 1's LAQ and stage 3's policies).
 
 Atomic checkpoint files, exact-resume loaders, CSV + wandb loggers, plain-text progress for
-log files, the resume stamp every checkpoint carries, and the fault injection of the resume
-tests (``HLRP_FAULT_KILL_AT_STEP``).
+log files, the resume stamp every checkpoint carries, the fault injection of the resume
+tests (``HLRP_FAULT_KILL_AT_STEP``), the Trainer both stages build from their config, and
+the logged metrics of a run read back across the attempts of a resumed run.
 """
 
 from __future__ import annotations
 
+import csv
+import math
 import os
-from collections.abc import Callable, Iterator
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from hlrp.common import checkpoint
 from hlrp.common.logging import get_logger
+from hlrp.common.optim import resolve_precision
 
 log = get_logger("train")
 
@@ -182,3 +188,97 @@ def keep_previous_metrics(log_dir: Path) -> None:
     if current.is_file():
         n = len(list(log_dir.glob("metrics.attempt*.csv")))
         os.replace(current, log_dir / f"metrics.attempt{n + 1}.csv")
+
+
+def metric_series(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every logged value of a run by key, as sorted (step, value): ``metrics.attempt*.csv``
+    (the killed attempts of a resumed run, :func:`keep_previous_metrics`) in order, then
+    ``metrics.csv``; empty and non-finite values are skipped, a later attempt wins at a step."""
+    attempts = sorted(
+        log_dir.glob("metrics.attempt*.csv"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0)
+    )
+    series: dict[str, dict[int, float]] = {}
+    for path in [*attempts, log_dir / "metrics.csv"]:
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                step = row.get("step")
+                if not step:
+                    continue
+                for key, value in row.items():
+                    if key == "step" or value in ("", None):
+                        continue
+                    try:
+                        v = float(value)
+                    except ValueError:
+                        continue
+                    if math.isfinite(v):
+                        series.setdefault(key, {})[int(float(step))] = v
+    return {k: sorted(v.items()) for k, v in series.items()}
+
+
+def make_trainer(
+    out: Path,
+    cfg: Any,
+    name: str,
+    cluster: Any,
+    training: Any,
+    total_steps: int,
+    rhash: str,
+    callbacks: Sequence[Callback] = (),
+    **schedule: Any,
+):
+    """The Lightning Trainer of a stage: ``cluster`` / ``training`` (ClusterConfig,
+    TrainingConfig), checkpoints every ``training.checkpoint_every_n_steps`` into
+    ``out/checkpoints`` (atomic, stamped with ``rhash``), learning rate logged, CSV and wandb
+    loggers, plain progress lines when stderr is not a terminal, the fault injection of the
+    resume tests, and no requeueing by Lightning under Slurm (Snakemake or the sbatch template
+    resubmits; the rerun resumes from ``checkpoints/last.ckpt``). ``callbacks`` are added;
+    ``schedule`` holds the stage's epoch and validation arguments."""
+    import lightning as L
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    t = training
+    world = cluster.devices * cluster.num_nodes
+    all_callbacks: list[Callback] = [
+        ModelCheckpoint(
+            dirpath=str(out / "checkpoints"),
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=t.checkpoint_every_n_steps,
+            save_last=True,
+            save_top_k=1,
+        ),
+        StampConfig(rhash, world),
+        LearningRateMonitor(logging_interval="step"),
+        *callbacks,
+    ]
+    if os.environ.get("HLRP_FAULT_KILL_AT_STEP"):
+        all_callbacks.append(KillAtStep(int(os.environ["HLRP_FAULT_KILL_AT_STEP"])))
+    interactive = sys.stderr.isatty()
+    if not interactive:
+        all_callbacks.append(LogProgress(t.log_every_n_steps, total_steps))
+    return L.Trainer(
+        default_root_dir=str(out),
+        accelerator=cluster.accelerator,
+        devices=cluster.devices,
+        num_nodes=cluster.num_nodes,
+        strategy=cluster.strategy,
+        precision=resolve_precision(t.precision, cluster.accelerator),
+        max_steps=total_steps,
+        gradient_clip_val=t.grad_clip or None,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        num_sanity_val_steps=0,
+        callbacks=all_callbacks,
+        logger=make_loggers(out, cfg, name, cluster.wandb_mode, rhash),
+        plugins=[
+            AtomicCheckpointIO(),
+            *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []),
+        ],
+        enable_progress_bar=interactive,
+        enable_model_summary=interactive,
+        use_distributed_sampler=False,
+        **schedule,
+    )

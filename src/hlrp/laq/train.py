@@ -24,16 +24,13 @@ fraction of the codebook in use, learning rate.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hlrp.common import checkpoint
@@ -41,17 +38,14 @@ from hlrp.common.cli import run
 from hlrp.common.config import LAQModelConfig, RootConfig, TrainingConfig, result_hash, to_yaml
 from hlrp.common.io import atomic_open, write_json, write_text
 from hlrp.common.lightning import (
-    AtomicCheckpointIO,
-    KillAtStep,
-    LogProgress,
-    StampConfig,
     keep_previous_metrics,
-    make_loggers,
+    make_trainer,
+    metric_series,
     validation_schedule,
 )
 from hlrp.common.logging import get_logger
 from hlrp.common.metrics import psnr
-from hlrp.common.optim import lr_lambda, resolve_precision
+from hlrp.common.optim import lr_lambda
 from hlrp.common.plots import finish_axis, save_png
 from hlrp.laq import TRAIN_RESULT_KEYS
 from hlrp.laq.data import LAQDataModule
@@ -228,20 +222,13 @@ def resume_hash(cfg: RootConfig) -> str:
 def save_training_plot(metrics_csv: Path, out_png: Path) -> None:
     """Loss / PSNR / codebook-use curves from the CSV logs (every attempt of a resumed run),
     for people rather than parsers."""
-    import csv
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[int, float]]] = {}
-    for path in [*sorted(metrics_csv.parent.glob("metrics.attempt*.csv")), metrics_csv]:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                for k, v in row.items():
-                    if k != "step" and v not in ("", None) and row.get("step"):
-                        series.setdefault(k, []).append((int(float(row["step"])), float(v)))
+    series = metric_series(metrics_csv.parent)
     panels = [
         ("train/mse", "val/mse", "MSE (log)", True),
         ("train/psnr", "val/psnr", "PSNR dB", False),
@@ -292,55 +279,23 @@ def train(cfg: RootConfig) -> dict[str, Any]:
         total_steps,
     )
 
-    ckpt_cb = ModelCheckpoint(
-        dirpath=str(out / "checkpoints"),
-        filename="step{step:07d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=t.checkpoint_every_n_steps,
-        save_last=True,
-        save_top_k=1,
+    grids = ReconstructionGrids(
+        out,
+        t.validation.visualize_every_n_steps,
+        t.validation.num_visualize,
+        t.validation.visualize_train,
     )
-    callbacks = [
-        ckpt_cb,
-        StampConfig(rhash, world),
-        LearningRateMonitor(logging_interval="step"),
-        ReconstructionGrids(
-            out,
-            t.validation.visualize_every_n_steps,
-            t.validation.num_visualize,
-            t.validation.visualize_train,
-        ),
-    ]
-    if os.environ.get("HLRP_FAULT_KILL_AT_STEP"):
-        callbacks.append(KillAtStep(int(os.environ["HLRP_FAULT_KILL_AT_STEP"])))
-    interactive = sys.stderr.isatty()
-    if not interactive:
-        callbacks.append(LogProgress(t.log_every_n_steps, total_steps))
-    trainer = L.Trainer(
-        default_root_dir=str(out),
-        accelerator=cl.accelerator,
-        devices=cl.devices,
-        num_nodes=cl.num_nodes,
-        strategy=cl.strategy,
-        precision=resolve_precision(t.precision, cl.accelerator),
-        max_steps=total_steps,
+    trainer = make_trainer(
+        out,
+        cfg,
+        "laq",
+        cl,
+        t,
+        total_steps,
+        rhash,
+        [grids],
         max_epochs=t.epochs,
-        gradient_clip_val=t.grad_clip or None,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        log_every_n_steps=t.log_every_n_steps,
         **validation_schedule(t.validation.every_n_steps),
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        logger=make_loggers(out, cfg, "laq", cl.wandb_mode, rhash),
-        # Slurm: Lightning must not requeue jobs itself (Snakemake or the sbatch template
-        # resubmits them; the rerun resumes from checkpoints/last.ckpt)
-        plugins=[
-            AtomicCheckpointIO(),
-            *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []),
-        ],
-        enable_progress_bar=interactive,
-        enable_model_summary=interactive,
-        use_distributed_sampler=False,
     )
     env = getattr(trainer.strategy, "cluster_environment", None)
     log.info(

@@ -46,6 +46,7 @@ import yaml
 from hlrp.common.cli import run
 from hlrp.common.config import RootConfig
 from hlrp.common.io import write_json, write_text
+from hlrp.common.lightning import metric_series
 from hlrp.common.logging import get_logger
 from hlrp.common.metrics import finite, wilson_interval
 from hlrp.common.plots import finish_axis, save_png
@@ -244,22 +245,9 @@ def _load_evaluation(variant: str, n: str, folder: Path) -> Evaluation:
 
 
 def read_curve(log_dir: Path, key: str = "train/loss") -> list[tuple[int, float]]:
-    """(step, value) of ``key`` from ``metrics.attempt*.csv`` then ``metrics.csv``; empty
-    values (the learning-rate rows) are skipped, a later attempt's value wins at a step."""
-    values: dict[int, float] = {}
-    attempts = sorted(
-        log_dir.glob("metrics.attempt*.csv"),
-        key=lambda p: int(re.sub(r"\D", "", p.stem) or 0),
-    )
-    for path in [*attempts, log_dir / "metrics.csv"]:
-        if not path.is_file():
-            continue
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                v, step = finite(row.get(key)), finite(row.get("step"))
-                if v is not None and step is not None:
-                    values[int(step)] = v
-    return sorted(values.items())
+    """(step, value) of ``key`` across the attempts of a resumed run
+    (:func:`hlrp.common.lightning.metric_series`)."""
+    return metric_series(log_dir).get(key, [])
 
 
 def _load_finetune(variant: str, n: str | None, folder: Path) -> Finetune | None:

@@ -20,7 +20,6 @@ exactly, continues a finished one whose ``max_steps`` was raised, and otherwise 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +28,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
@@ -39,16 +36,13 @@ from hlrp.common.cli import run
 from hlrp.common.config import ConfigError, RootConfig, TrainingConfig, result_hash, to_yaml
 from hlrp.common.io import file_sha256, write_json, write_text
 from hlrp.common.lightning import (
-    AtomicCheckpointIO,
-    KillAtStep,
-    LogProgress,
     ResumableLoader,
-    StampConfig,
     keep_previous_metrics,
-    make_loggers,
+    make_trainer,
+    metric_series,
 )
 from hlrp.common.logging import get_logger
-from hlrp.common.optim import lr_lambda, resolve_precision
+from hlrp.common.optim import lr_lambda
 from hlrp.common.plots import finish_axis, save_png
 from hlrp.foundation.export import META_FILE as FOUNDATION_META
 from hlrp.foundation.export import adapt_backbone, resolve_backbone
@@ -288,9 +282,6 @@ def build_policy(
         train_token_ids=policy.meta.bin_token_ids,
         modules_to_save=("lm_head",) if m.head == "bins" else (),
     )
-    for p in policy.parameters():  # the head and projections train in fp32
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
     return policy, ds
 
 
@@ -343,20 +334,13 @@ def export_policy(module: PolicyModule, folder: Path, step: int) -> None:
 
 
 def save_training_plot(metrics_csv: Path, out_png: Path) -> None:
-    import csv
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[int, float]]] = {}
-    for path in [*sorted(metrics_csv.parent.glob("metrics.attempt*.csv")), metrics_csv]:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                for k, v in row.items():
-                    if k != "step" and v not in ("", None) and row.get("step"):
-                        series.setdefault(k, []).append((int(float(row["step"])), float(v)))
+    series = metric_series(metrics_csv.parent)
     keys = [k for k in ("train/loss", "train/bin_acc") if k in series]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(6 * max(1, len(keys)), 3.8))
     for ax, key in zip(np.atleast_1d(axes), keys):
@@ -414,46 +398,8 @@ def train(cfg: RootConfig) -> dict[str, Any]:
     )
     module = PolicyModule(policy, t, total_steps)
 
-    callbacks: list = [
-        ModelCheckpoint(
-            dirpath=str(out / "checkpoints"),
-            filename="step{step:07d}",
-            auto_insert_metric_name=False,
-            every_n_train_steps=t.checkpoint_every_n_steps,
-            save_last=True,
-            save_top_k=1,
-        ),
-        StampConfig(rhash, world),
-        LearningRateMonitor(logging_interval="step"),
-    ]
-    if os.environ.get("HLRP_FAULT_KILL_AT_STEP"):
-        callbacks.append(KillAtStep(int(os.environ["HLRP_FAULT_KILL_AT_STEP"])))
-    interactive = sys.stderr.isatty()
-    if not interactive:
-        callbacks.append(LogProgress(t.log_every_n_steps, total_steps))
-    trainer = L.Trainer(
-        default_root_dir=str(out),
-        accelerator=cl.accelerator,
-        devices=cl.devices,
-        num_nodes=cl.num_nodes,
-        strategy=cl.strategy,
-        precision=resolve_precision(t.precision, cl.accelerator),
-        max_steps=total_steps,
-        max_epochs=-1,
-        gradient_clip_val=t.grad_clip or None,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        log_every_n_steps=t.log_every_n_steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        logger=make_loggers(out, cfg, "low_level", cl.wandb_mode, rhash),
-        plugins=[
-            AtomicCheckpointIO(),
-            *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []),
-        ],
-        enable_progress_bar=interactive,
-        enable_model_summary=interactive,
-        use_distributed_sampler=False,
+    trainer = make_trainer(
+        out, cfg, "low_level", cl, t, total_steps, rhash, max_epochs=-1, limit_val_batches=0
     )
     loader = make_loader(
         ds,
