@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -21,14 +22,17 @@ from hlrp.common.logging import setup_logging
 
 
 def run(
-    main: Callable[[RootConfig], int | None],
+    main: Callable[[RootConfig], Any],
     argv: Sequence[str] | None,
     usage: str,
     stage: str | None = None,
+    expected: tuple[type[BaseException], ...] = (),
 ) -> int:
     """Parse ``argv`` into a validated :class:`RootConfig` and call ``main`` with it.
 
     ``stage`` (``laq``, ``foundation``, ``low_level``) is the namespace short keys refer to.
+    ``expected`` are the errors of bad input ``main`` may raise: each is printed as one
+    ``error: ...`` line and the command exits with 2 (no traceback).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
@@ -52,4 +56,9 @@ def run(
         print(OmegaConf.to_yaml(composed, resolve=True))
         return 0
     setup_logging()
-    return int(main(cfg) or 0)
+    try:
+        rc = main(cfg)
+    except expected as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return rc if isinstance(rc, int) else 0  # a stage's result object means success

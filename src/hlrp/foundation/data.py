@@ -32,6 +32,7 @@ from PIL import Image
 
 from hlrp.common.io import file_sha256
 from hlrp.data.split import is_val_video
+from hlrp.foundation.model import append_tokens
 
 
 @dataclass
@@ -225,14 +226,7 @@ class Collator:
         batch.pop("labels", None)
         codes = torch.tensor([it["meta"]["codes"] for it in items], dtype=torch.long)  # (B, L)
         if self.append_codes:
-            tokens = self.action_ids[codes]  # (B, L)
-            B, L = codes.shape
-            batch["input_ids"] = torch.cat([batch["input_ids"], tokens], 1)
-            fill = {"attention_mask": 1, "token_type_ids": 1, "mm_token_type_ids": 0}
-            for key, value in fill.items():
-                if key in batch:
-                    t = batch[key]
-                    batch[key] = torch.cat([t, torch.full((B, L), value, dtype=t.dtype)], 1)
+            append_tokens(batch, self.action_ids[codes])  # (B, L) code tokens
         batch["codes"] = codes
         return batch
 

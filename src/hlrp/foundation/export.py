@@ -26,6 +26,7 @@ from hlrp.foundation.model import (
     VLAMeta,
     adapt_backbone,
     add_tokens,
+    append_tokens,
     constrained_generate,
     load_backbone,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "VLAMeta",
     "adapt_backbone",
     "add_tokens",
+    "append_tokens",
     "check_backbone",
     "constrained_generate",
     "family_of",

@@ -217,6 +217,18 @@ def load_backbone(
     return model, _left_padded(processor), family
 
 
+def append_tokens(batch: dict[str, torch.Tensor], tokens: torch.Tensor) -> None:
+    """Teacher forcing: put ``tokens`` (B, N) after the (left-padded) prompt in ``batch``, and
+    extend the masks the families use (attention 1, token type 1, multimodal type 0: text)."""
+    B, N = tokens.shape
+    batch["input_ids"] = torch.cat([batch["input_ids"], tokens], 1)
+    fill = {"attention_mask": 1, "token_type_ids": 1, "mm_token_type_ids": 0}
+    for key, value in fill.items():
+        if key in batch:
+            t = batch[key]
+            batch[key] = torch.cat([t, torch.full((B, N), value, dtype=t.dtype)], 1)
+
+
 def _left_padded(processor: Any) -> Any:
     processor.tokenizer.padding_side = "left"
     return processor

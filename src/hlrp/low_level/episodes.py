@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,17 +372,8 @@ def build(cfg: RootConfig) -> EpisodeSet:
     return write_episodes(episodes, cfg.output_dir, skipped)
 
 
-def _main(cfg: RootConfig) -> int:
-    try:
-        build(cfg)
-    except (ConfigError, EpisodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(_main, argv, USAGE, stage="low_level")
+    return run(build, argv, USAGE, stage="low_level", expected=(ConfigError, EpisodeError))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -274,15 +273,7 @@ writes results.json (success per task with 95 % Wilson intervals), rollouts.csv,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def _main(cfg: RootConfig) -> int:
-        try:
-            evaluate(cfg)
-        except (ConfigError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
-
-    return run(_main, argv, USAGE, stage="low_level")
+    return run(evaluate, argv, USAGE, stage="low_level", expected=(ConfigError, FileNotFoundError))
 
 
 if __name__ == "__main__":

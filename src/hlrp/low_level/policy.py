@@ -44,6 +44,7 @@ from hlrp.foundation.export import (
 from hlrp.foundation.export import (
     Family,
     add_tokens,
+    append_tokens,
     constrained_generate,
     family_of,
     load_backbone,
@@ -262,14 +263,7 @@ def _cut(processor: Any, text: str, n: int) -> str:
 
 def append_bin_tokens(batch: dict[str, torch.Tensor], token_ids: Sequence[int], idx) -> None:
     """Teacher forcing for ``bins``: the (B, H*D) bin indices as tokens after the prompt."""
-    tokens = torch.as_tensor(list(token_ids), dtype=torch.long)[torch.as_tensor(idx)]  # (B, N)
-    B, N = tokens.shape
-    batch["input_ids"] = torch.cat([batch["input_ids"], tokens], 1)
-    fill = {"attention_mask": 1, "token_type_ids": 1, "mm_token_type_ids": 0}
-    for key, value in fill.items():
-        if key in batch:
-            t = batch[key]
-            batch[key] = torch.cat([t, torch.full((B, N), value, dtype=t.dtype)], 1)
+    append_tokens(batch, torch.as_tensor(list(token_ids), dtype=torch.long)[torch.as_tensor(idx)])
 
 
 # --------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ import csv
 import json
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -880,16 +879,11 @@ does latent pretraining beat scratch, and how much of the gap to oracle does it 
 def main(argv: Sequence[str] | None = None) -> int:
     def _main(cfg: RootConfig) -> int:
         if not cfg.input_dir or not cfg.output_dir:
-            print("error: the report needs input_dir=RESULTS and output_dir=DIR", file=sys.stderr)
-            return 2
-        try:
-            write_report(cfg.input_dir, cfg.output_dir)
-        except ReportInputError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            raise ReportInputError("the report needs input_dir=RESULTS and output_dir=DIR")
+        write_report(cfg.input_dir, cfg.output_dir)
         return 0
 
-    return run(_main, argv, USAGE, stage="low_level")
+    return run(_main, argv, USAGE, stage="low_level", expected=(ReportInputError,))
 
 
 if __name__ == "__main__":

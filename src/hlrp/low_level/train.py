@@ -20,7 +20,6 @@ exactly, continues a finished one whose ``max_steps`` was raised, and otherwise 
 from __future__ import annotations
 
 import multiprocessing as mp
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -452,15 +451,13 @@ Short keys: model.X, data.X, training.X, cluster.X, evaluation.X mean low_level.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def _main(cfg: RootConfig) -> int:
-        try:
-            train(cfg)
-        except (ConfigError, EpisodeError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
-
-    return run(_main, argv, USAGE, stage="low_level")
+    return run(
+        train,
+        argv,
+        USAGE,
+        stage="low_level",
+        expected=(ConfigError, EpisodeError, FileNotFoundError),
+    )
 
 
 if __name__ == "__main__":
