@@ -8,7 +8,9 @@ corpus ``ROOT/CORPUS/shards/index.json`` (made by rendering with ``hlrp.sim.demo
 preprocessing, see ``render`` below) and writes its report, under ``ROOT/runs/NAME``; the
 overrides that start with ``data.`` are passed to the report too (the report must read the
 same pairs). It records the wall times of both. ``render CORPUS [demo.X=...]`` renders and
-preprocesses a corpus. ``collect`` gathers every run into one JSON: setting -> held-out probe R²
+preprocesses a corpus. ``baseline CORPUS [data.X=...]`` fits the report's model-free probes (frame t alone, pooled pixel
+difference) on a corpus, with no LAQ trained: what the corpus lets motion show beyond the scene,
+in seconds (written to ``ROOT/CORPUS/baseline.json``). ``collect`` gathers every run into one JSON: setting -> held-out probe R²
 (codes, z_pre, pixels, pixel_diff) with their 95 % intervals, PSNR gain over copying frame t,
 code-shuffle drop, perplexity, train minutes and seconds per step.
 
@@ -112,6 +114,51 @@ def run(root: Path, name: str, corpus: str, overrides: list[str]) -> None:
     )
 
 
+def baseline(root: Path, corpus: str, overrides: list[str]) -> dict:
+    """Model-free held-out probes of a corpus: frame t alone and the pooled pixel difference."""
+    import numpy as np
+    import torch
+
+    from hlrp.common.config import load
+    from hlrp.common.probes import linear_probe
+    from hlrp.laq.model import to_model_input
+    from hlrp.laq.report import _pixel_features, gather_pairs
+
+    cfg = load(["experiment=demo_tiny", *overrides], stage="laq")
+    rcfg, dcfg = cfg.laq.report, cfg.laq.data
+
+    def encode(frames: np.ndarray) -> dict[str, np.ndarray]:
+        x = to_model_input(torch.from_numpy(frames), cfg.laq.model.image_size)
+        return _pixel_features(x)
+
+    shards = root / corpus / "shards" / "index.json"
+    val, train, _heldout, _seen = gather_pairs(shards, dcfg, rcfg, encoder=encode)
+    val.encoder = encode
+    val.flush()
+    out = {"corpus": corpus, "overrides": overrides}
+    for name in ("pixels", "pixel_diff"):
+        tr = [i for i, a in enumerate(train.action) if a is not None]
+        te = [i for i, a in enumerate(val.action) if a is not None]
+        probe = linear_probe(
+            train.feature(name)[tr],
+            np.stack([train.action[i] for i in tr]),
+            np.array(train.video)[tr],
+            val.feature(name)[te],
+            np.stack([val.action[i] for i in te]),
+            np.array(val.video)[te],
+            folds=rcfg.probe_folds,
+            bootstrap=rcfg.probe_bootstrap,
+            seed=rcfg.seed,
+        )
+        out[name] = {
+            k: probe[k] for k in ("r2", "r2_ci95", "r2_per_dim", "train_pairs", "test_pairs")
+        }
+        print(f"{corpus} {name}: R2 {probe['r2']:+.3f} {probe['r2_ci95']}")
+        print("   per dim", " ".join(f"{v:+.2f}" for v in probe["r2_per_dim"]))
+    (root / corpus / "baseline.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
 def summary(run_dir: Path) -> dict:
     setting = json.loads((run_dir / "setting.json").read_text())
     rep = json.loads((run_dir / "report" / "report.json").read_text())
@@ -128,6 +175,7 @@ def summary(run_dir: Path) -> dict:
         "overrides": setting["overrides"],
         "r2": probe.get("r2"),
         "r2_ci95": probe.get("r2_ci95"),
+        "margin": probe.get("margin"),  # codes minus frame t / pixel diff, paired interval
         "heldout_pairs": rep.get("actions", {}).get("pairs"),
         "train_pairs": rep.get("actions", {}).get("train", {}).get("pairs"),
         "psnr_gain_db": rep["reconstruction"]["psnr_gain_db"],
@@ -144,7 +192,8 @@ def summary(run_dir: Path) -> dict:
 
 
 def collect(root: Path, out: Path) -> None:
-    rows = {}
+    """Add the runs under ``root`` to ``out`` (rows of earlier searches are kept)."""
+    rows = json.loads(out.read_text())["runs"] if out.is_file() else {}
     for d in sorted((root / "runs").iterdir()):
         if (d / "report" / "report.json").is_file() and (d / "setting.json").is_file():
             rows[d.name] = summary(d)
@@ -160,9 +209,13 @@ def collect(root: Path, out: Path) -> None:
         )
     )
     for k, r in rows.items():
+        if r.get("train_min") is None:
+            continue
         f = {n: f"{v:+.2f}" for n, v in (r["r2"] or {}).items() if v is not None}
+        m = ((r.get("margin") or {}).get("pixels") or {}).get("ci95")
         print(
-            f"{k:24s} {f} gain {r['psnr_gain_db']:+.2f} drop {r['shuffle_drop_db']:.2f} "
+            f"{k:24s} {f} margin-ci {m} gain {r['psnr_gain_db']:+.2f} "
+            f"drop {r['shuffle_drop_db']:.2f} "
             f"ppl {r['perplexity']:.1f} train {r['train_min']:.1f} min"
         )
 
@@ -178,11 +231,16 @@ def main() -> None:
     t.add_argument("name")
     t.add_argument("corpus")
     t.add_argument("overrides", nargs="*")
+    b = sub.add_parser("baseline")
+    b.add_argument("corpus")
+    b.add_argument("overrides", nargs="*")
     c = sub.add_parser("collect")
     c.add_argument("--out", type=Path, default=Path("bench/results/demo_search.json"))
     a = ap.parse_args()
     if a.cmd == "render":
         render(a.root, a.corpus, a.overrides)
+    elif a.cmd == "baseline":
+        baseline(a.root, a.corpus, a.overrides)
     elif a.cmd == "run":
         run(a.root, a.name, a.corpus, a.overrides)
     else:

@@ -192,7 +192,8 @@ def _checks(report: dict) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def known_report(shards, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("known_report")
-    cfg = report_cfg(min_probe_r2=0.5, train_pairs_per_clip=48)  # all 21 pairs of each clip
+    # all 21 pairs of each clip
+    cfg = report_cfg(min_probe_r2=0.5, min_probe_margin=0.3, train_pairs_per_clip=48)
     report = build_report(KnownCodes(), shards, data_cfg(), cfg, out)
     return report, out
 
@@ -257,6 +258,13 @@ def test_known_codes_predict_actions(known_report):
     assert checks["min_probe_r2"]["value"] == pytest.approx(r2["codes"])
     assert report["gate"]["passed"], report["gate"]["failures"]
     assert report["gate"]["thresholds"]["min_probe_r2"] == 0.5
+    # codes beat frame t alone on the same resampled held-out videos (paired interval)
+    margin = probe["margin"]["pixels"]
+    assert margin["margin"] == pytest.approx(r2["codes"] - r2["pixels"])
+    assert 0.3 < margin["ci95"][0] <= margin["margin"] <= margin["ci95"][1]
+    assert probe["margin"]["pixel_diff"]["margin"] == pytest.approx(r2["codes"] - r2["pixel_diff"])
+    assert checks["min_probe_margin"]["status"] == "pass"
+    assert checks["min_probe_margin"]["value"] == margin["ci95"][0]
 
 
 def test_report_outputs(known_report):
@@ -292,7 +300,7 @@ def test_micro_laq_report_runs(shards, tmp_path):
 
 
 def test_collapsed_laq_fails_gate(shards, tmp_path):
-    cfg = report_cfg(min_probe_r2=0.2)
+    cfg = report_cfg(min_probe_r2=0.2, min_probe_margin=0.0)
     report = build_report(collapsed_laq(), shards, data_cfg(), cfg, tmp_path)
     cb = report["codebook"]
     assert cb["perplexity"] == pytest.approx(1.0) and cb["sequence_perplexity"] == 1.0
@@ -308,25 +316,27 @@ def test_collapsed_laq_fails_gate(shards, tmp_path):
         "min_sequence_perplexity",
         "min_psnr_drop_db",
         "min_probe_r2",
+        "min_probe_margin",
     }
     failures = report["gate"]["failures"]
     assert any(f.startswith("codes collapsed: perplexity 1.000") for f in failures)
     assert any("carry almost nothing" in f for f in failures)
     assert any(f.startswith("code sequences collapsed") for f in failures)
     assert any(f.startswith("the codes do not predict the actions") for f in failures)
-    assert len(failures) == 5 and all("\n" not in f for f in failures)
+    assert any(f.startswith("the codes do not beat frame t alone") for f in failures)
+    assert len(failures) == 6 and all("\n" not in f for f in failures)
     assert 'class="verdict fail"' in (tmp_path / "report.html").read_text()
 
 
 def test_no_heldout_videos(shards, tmp_path):
-    cfg = report_cfg(max_clips=6, min_probe_r2=0.5)
+    cfg = report_cfg(max_clips=6, min_probe_r2=0.5, min_probe_margin=0.0)
     report = build_report(KnownCodes(), shards, data_cfg(val_split=0.0), cfg, tmp_path)
     assert report["data"]["heldout"] is False and report["data"]["clips"] == 6
     assert any("validation split" in w for w in report["warnings"])
     probe = report["actions"]["probe"]
     assert probe["applicable"] is False and "no held-out videos" in probe["note"]
-    check = _checks(report)["min_probe_r2"]
-    assert check["status"] == "not applicable"  # reported, not failed
+    for key in ("min_probe_r2", "min_probe_margin"):
+        assert _checks(report)[key]["status"] == "not applicable"  # reported, not failed
     assert report["gate"]["passed"], report["gate"]["failures"]
 
 
@@ -341,6 +351,7 @@ def healthy() -> dict:
                 "applicable": True,
                 "r2": {"codes": 0.6},
                 "r2_ci95": {"codes": [0.5, 0.7]},
+                "margin": {"pixels": {"margin": 0.2, "ci95": [0.1, 0.3]}},
             },
         },
     }
@@ -385,8 +396,20 @@ def test_check_gate():
     unmeasured = healthy()
     unmeasured["actions"]["probe"]["r2"]["codes"] = None
     assert "not measured" in check_gate(unmeasured, strict)[0]
+    # the margin over frame t: gated on the low end of its paired interval
+    assert check_gate(healthy(), LAQReportConfig(min_probe_margin=0.1)) == []
+    msgs = check_gate(healthy(), LAQReportConfig(min_probe_margin=0.15))
+    assert msgs == [
+        "the codes do not beat frame t alone: held-out R² margin +0.200, 95% interval "
+        "[+0.100, +0.300], low end < 0.15; the codes say little about the action that the "
+        "scene does not"
+    ]
+    no_margin = healthy()
+    del no_margin["actions"]["probe"]["margin"]  # a report from before margins
+    assert "not measured" in check_gate(no_margin, LAQReportConfig(min_probe_margin=0.0))[0]
+    assert check_gate(no_actions, LAQReportConfig(min_probe_margin=0.0)) == []
     statuses = {c["key"]: c["status"] for c in gate_section(healthy(), cfg)["checks"]}
-    assert statuses["min_probe_r2"] == "not gated"
+    assert statuses["min_probe_r2"] == statuses["min_probe_margin"] == "not gated"
     assert statuses["min_sequence_perplexity"] == "not applicable"  # not in this report
 
 
@@ -434,6 +457,7 @@ def test_html_lists_every_gated_check(known_report):
             "min_sequence_perplexity",
             "min_psnr_drop_db",
             "min_probe_r2",
+            "min_probe_margin",
         }
     )
     for key, (cls, cells) in rows.items():

@@ -9,6 +9,7 @@ import pytest
 
 from hlrp.common.probes import (
     fit_probe,
+    group_bootstrap_margin,
     group_bootstrap_r2,
     linear_probe,
     nmi,
@@ -106,6 +107,34 @@ def test_group_bootstrap():
     # wider with fewer groups
     lo2, hi2 = group_bootstrap_r2(y, pred, np.repeat(np.arange(5), 100), n_boot=2000)
     assert hi2 - lo2 > hi - lo
+
+
+def test_group_bootstrap_margin_is_paired():
+    """Two probes whose R² differ a little, each with a wide interval over few groups: the paired
+    interval of their difference is narrow and excludes 0, the separate intervals overlap."""
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(8), 60)
+    scale = np.repeat(rng.uniform(0.2, 3.0, size=8), 60)[:, None]  # groups differ a lot
+    y = scale * rng.normal(size=(480, 3))
+    noise = rng.normal(size=(480, 3))
+    better, worse = y + 0.4 * noise, y + 0.5 * noise
+    out = group_bootstrap_margin(y, better, worse, g, n_boot=2000, seed=0)
+    point = np.mean(r2_per_dim(y, better)) - np.mean(r2_per_dim(y, worse))
+    assert out["margin"] == pytest.approx(point) and point > 0
+    lo, hi = out["ci95"]
+    assert 0 < lo <= point <= hi
+    (blo, bhi), (wlo, whi) = (group_bootstrap_r2(y, p, g, n_boot=2000) for p in (better, worse))
+    assert blo < whi  # the separate intervals overlap: they cannot tell
+    assert hi - lo < 0.7 * (bhi - blo)
+    # the same prediction: margin 0 exactly; dims restricted; too few groups: no interval
+    same = group_bootstrap_margin(y, better, better, g, n_boot=200)
+    assert same == {"margin": 0.0, "ci95": [0.0, 0.0]}
+    only0 = group_bootstrap_margin(y, better, worse, g, np.array([True, False, False]))
+    r2b, r2w = r2_per_dim(y, better)[0], r2_per_dim(y, worse)[0]
+    assert only0["margin"] == pytest.approx(r2b - r2w)
+    assert group_bootstrap_margin(y, better, worse, np.zeros(480))["ci95"] == [None, None]
+    flat = np.ones((5, 1))  # no dim varies: no margin
+    assert math.isnan(group_bootstrap_margin(flat, flat, 0 * flat, np.arange(5))["margin"])
 
 
 def test_r2_per_dim():

@@ -170,11 +170,35 @@ def test_bad_config_is_rejected(tmp_path, capsys):
         ("demo.tasks=[drawer-open-v3,nope-v3]", "nope-v3"),
         ("demo.episodes_per_task=0", "episodes_per_task=0"),
         ("demo.resolution=8", "resolution=8"),
+        ("demo.action_noise_steps=-1", "action_noise_steps=-1"),
     ]:
         assert main([f"output_dir={tmp_path}", override]) == 2
         assert value in capsys.readouterr().err
     assert main(["demo.resolution=64"]) == 2  # no output_dir
     assert "output_dir" in capsys.readouterr().err
+
+
+def _noise_samples(steps: float, gripper: bool = True, n: int = 20000) -> np.ndarray:
+    cfg = DemoConfig(action_noise=0.5, action_noise_steps=steps, action_noise_gripper=gripper)
+    noise = demo_videos.ActionNoise(cfg, 4, np.random.default_rng(0))
+    return np.stack([noise.step() for _ in range(n)])  # (n, 4)
+
+
+def test_action_noise_correlation_and_spread():
+    """Every step's noise has std action_noise; its lag-1 correlation is exp(-1 / steps)."""
+    for steps in (0.0, 16.0):
+        x = _noise_samples(steps)
+        assert np.allclose(x.std(0), 0.5, rtol=0.1 if steps else 0.03)
+        lag1 = np.mean([np.corrcoef(x[:-1, d], x[1:, d])[0, 1] for d in range(4)])
+        assert lag1 == pytest.approx(np.exp(-1 / steps) if steps else 0.0, abs=0.03)
+    # the mean over a 16-step frame pair keeps most of correlated noise, a quarter of i.i.d.
+    iid, corr = (_noise_samples(s)[:19200].reshape(-1, 16, 4).mean(1).std() for s in (0, 16))
+    assert iid == pytest.approx(0.5 / 4, rel=0.15) and corr > 2.5 * iid
+    x = _noise_samples(16.0, gripper=False)
+    assert np.all(x[:, 3] == 0) and np.all(x[:, :3].std(0) > 0.3)
+    assert _noise_samples(0.0, n=5)[:, 3].any()  # by default the gripper gets noise too
+    none = demo_videos.ActionNoise(DemoConfig(), 4, np.random.default_rng(0))
+    assert not none.step().any()
 
 
 def test_black_frames_are_an_error():

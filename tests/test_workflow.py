@@ -289,6 +289,13 @@ def test_demo_workflow_end_to_end(project):
     probe = report["actions"]["probe"]
     threshold = report["gate"]["thresholds"]["min_probe_r2"]
     assert threshold is not None and probe["r2"]["codes"] >= threshold
+    # the margin over frame t alone is measured with its paired interval (on the demo it is not
+    # above 0 yet: issue 9, BENCHMARKS.md), so it is reported, not gated
+    lo, hi = probe["margin"]["pixels"]["ci95"]
+    assert lo <= probe["margin"]["pixels"]["margin"] <= hi
+    assert probe["margin"]["pixels"]["margin"] == pytest.approx(
+        probe["r2"]["codes"] - probe["r2"]["pixels"]
+    )
     assert report["code_shuffle"]["psnr_drop_db"] >= 1.0  # decoding with other codes costs
     assert (project / "results/laq_report/report.html").is_file()
     log = (project / "logs/label_latents/label_latents.log").read_text()

@@ -12,6 +12,9 @@ SCORED on held-out pairs from other videos; the held-out side is never used to f
 * :func:`linear_probe`: fit on the training side, R² per target dimension on the held-out side
   (``r2_score``), their mean over the dims that vary, and a bootstrap 95 % interval of that mean
   over held-out GROUPS (videos resampled with replacement, seeded).
+* :func:`group_bootstrap_margin`: the same interval for the difference of two probes' mean R²
+  on the same rows, both scored on the same resampled groups (paired): "A beats B" with error
+  bars, where two separate intervals would overlap.
 * :func:`nmi` / :func:`nmi_with_chance`: scikit-learn's ``normalized_mutual_info_score``
   (arithmetic normalisation) between two labelings (rows of a 2-D array are one label), and the
   same with one labeling permuted - the chance level to compare against.
@@ -36,6 +39,7 @@ __all__ = [
     "linear_probe",
     "r2_per_dim",
     "group_bootstrap_r2",
+    "group_bootstrap_margin",
     "nmi",
     "nmi_with_chance",
     "tercile_ids",
@@ -109,6 +113,60 @@ def r2_per_dim(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return out
 
 
+def _bootstrap_means(
+    y: np.ndarray,
+    preds: Sequence[np.ndarray],
+    groups: np.ndarray | Sequence,
+    dims: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+) -> np.ndarray | None:
+    """(B, len(preds)) mean R² over ``dims`` of each prediction in each group-bootstrap replicate.
+
+    All predictions are scored on the same replicates (the draws depend only on the groups,
+    ``n_boot`` and ``seed``); replicates where no dim varies are dropped. None with fewer than 2
+    groups, no replicates or none kept.
+    """
+    y = _as_2d(y)
+    groups = np.asarray(groups)
+    uniq, gid = np.unique(groups, return_inverse=True)
+    G = len(uniq)
+    if G < 2 or n_boot < 1:
+        return None
+    dims = np.ones(y.shape[1], dtype=bool) if dims is None else np.asarray(dims, dtype=bool)
+    y = y[:, dims]
+    n_g = np.bincount(gid, minlength=G).astype(np.float64)  # (G,)
+    s1 = np.zeros((G, y.shape[1]))
+    s2 = np.zeros_like(s1)
+    np.add.at(s1, gid, y)
+    np.add.at(s2, gid, y**2)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, G, size=(n_boot, G))  # (B, G) group drawn per slot
+    counts = np.zeros((n_boot, G))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)  # (B, G) times each group drawn
+    N = counts @ n_g  # (B,)
+    S1, S2 = counts @ s1, counts @ s2  # (B, m)
+    ss_tot = S2 - S1**2 / N[:, None]
+    scale = np.maximum(1.0, np.abs(y).max(initial=0.0)) ** 2
+    ok = ss_tot > 1e-9 * scale * N[:, None]
+    keep = ok.any(1)
+    if not keep.any():
+        return None
+    means = []
+    for pred in preds:
+        res = np.zeros_like(s1)
+        np.add.at(res, gid, (y - _as_2d(pred)[:, dims]) ** 2)
+        r2 = np.where(ok, 1.0 - (counts @ res) / np.where(ok, ss_tot, 1.0), np.nan)
+        means.append(np.nanmean(r2[keep], axis=1))
+    return np.stack(means, axis=1)
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def group_bootstrap_r2(
     y: np.ndarray,
     pred: np.ndarray,
@@ -125,38 +183,37 @@ def group_bootstrap_r2(
     default all) that vary in the replicate. Uses per-group sums, so 1000 replicates are cheap.
     Returns (low, high), or (None, None) with fewer than 2 groups or no replicates.
     """
-    y, pred = _as_2d(y), _as_2d(pred)
-    groups = np.asarray(groups)
-    uniq, gid = np.unique(groups, return_inverse=True)
-    G = len(uniq)
-    if G < 2 or n_boot < 1:
-        return None, None
+    means = _bootstrap_means(y, [pred], groups, dims, n_boot, seed)
+    return (None, None) if means is None else _interval(means[:, 0], level)
+
+
+def group_bootstrap_margin(
+    y: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    groups: np.ndarray | Sequence,
+    dims: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Mean R² of ``pred_a`` minus that of ``pred_b`` on the same rows, with a paired interval.
+
+    Both are scored on every group-bootstrap replicate of :func:`group_bootstrap_r2`, and the
+    interval is that of the per-replicate difference. Returns ``margin`` (on all rows; NaN when
+    no dim in ``dims`` varies) and ``ci95`` ([None, None] with fewer than 2 groups).
+    """
+    y = _as_2d(y)
     dims = np.ones(y.shape[1], dtype=bool) if dims is None else np.asarray(dims, dtype=bool)
-    y, pred = y[:, dims], pred[:, dims]
-    n_g = np.bincount(gid, minlength=G).astype(np.float64)  # (G,)
-    s1 = np.zeros((G, y.shape[1]))
-    s2 = np.zeros_like(s1)
-    res = np.zeros_like(s1)
-    np.add.at(s1, gid, y)
-    np.add.at(s2, gid, y**2)
-    np.add.at(res, gid, (y - pred) ** 2)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, G, size=(n_boot, G))  # (B, G) group drawn per slot
-    counts = np.zeros((n_boot, G))
-    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)  # (B, G) times each group drawn
-    N = counts @ n_g  # (B,)
-    S1, S2, R = counts @ s1, counts @ s2, counts @ res  # (B, m)
-    ss_tot = S2 - S1**2 / N[:, None]
-    scale = np.maximum(1.0, np.abs(y).max(initial=0.0)) ** 2
-    ok = ss_tot > 1e-9 * scale * N[:, None]
-    r2 = np.where(ok, 1.0 - R / np.where(ok, ss_tot, 1.0), np.nan)
-    keep = ok.any(1)
-    if not keep.any():
-        return None, None
-    means = np.nanmean(r2[keep], axis=1)
-    tail = (1.0 - level) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return float(lo), float(hi)
+    ok = dims & _varies(y)
+    margin = float("nan")
+    if ok.any() and len(y) >= 2:
+        ra = r2_per_dim(y[:, ok], _as_2d(pred_a)[:, ok])
+        rb = r2_per_dim(y[:, ok], _as_2d(pred_b)[:, ok])
+        margin = float(np.mean(ra) - np.mean(rb))
+    means = _bootstrap_means(y, [pred_a, pred_b], groups, ok, n_boot, seed) if ok.any() else None
+    ci = [None, None] if means is None else list(_interval(means[:, 0] - means[:, 1], level))
+    return {"margin": margin, "ci95": ci}
 
 
 def linear_probe(
@@ -171,6 +228,7 @@ def linear_probe(
     folds: int = 5,
     bootstrap: int = 1000,
     seed: int = 0,
+    keep_predictions: bool = False,
 ) -> dict[str, Any]:
     """Fit a ridge probe on the training rows, score it on the held-out rows.
 
@@ -182,7 +240,10 @@ def linear_probe(
     * ``r2_ci95``: [low, high] bootstrap interval of ``r2`` over held-out groups (``bootstrap``
       replicates, ``seed``), [None, None] with fewer than 2 held-out groups;
     * ``alpha``, ``alpha_selection``, ``cv_r2`` (from :func:`fit_probe`), ``features``,
-      ``train_pairs``, ``train_groups``, ``test_pairs``, ``test_groups``.
+      ``train_pairs``, ``train_groups``, ``test_pairs``, ``test_groups``;
+    * with ``keep_predictions``: ``predictions``, the (n, m) array predicted for the held-out
+      rows (NaN for dims not fitted; None when the probe was not fitted, or when a row was
+      dropped for a non-finite value, so that it lines up with ``y_test`` or is absent).
     """
     xtr, ytr, xte, yte = _as_2d(x_train), _as_2d(y_train), _as_2d(x_test), _as_2d(y_test)
     gtr, gte = np.asarray(groups_train), np.asarray(groups_test)
@@ -194,6 +255,7 @@ def linear_probe(
     ok = np.isfinite(xtr).all(1) & np.isfinite(ytr).all(1)
     xtr, ytr, gtr = xtr[ok], ytr[ok], gtr[ok]
     ok = np.isfinite(xte).all(1) & np.isfinite(yte).all(1)
+    all_test_rows = bool(ok.all())
     xte, yte, gte = xte[ok], yte[ok], gte[ok]
     m = ytr.shape[1]
     out: dict[str, Any] = {
@@ -213,6 +275,8 @@ def linear_probe(
             alpha_selection="not fitted (too few rows, or no target dim varies in training)",
             cv_r2=None,
         )
+        if keep_predictions:
+            out["predictions"] = None
         return out
     model, sel = fit_probe(xtr, ytr[:, fitted], gtr, alphas, folds)
     pred = np.full_like(yte, np.nan)
@@ -229,6 +293,8 @@ def linear_probe(
         r2_ci95=[lo, hi],
         **sel,
     )
+    if keep_predictions:
+        out["predictions"] = pred if all_test_rows else None
     return out
 
 

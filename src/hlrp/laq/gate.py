@@ -13,6 +13,10 @@ a value must reach its threshold:
 * ``min_probe_r2``: ``actions.probe.r2.codes``, the held-out R² of the linear probe from the
   codes to the ground-truth actions. Threshold None: not gated. Without actions (or without
   held-out videos to score on): not applicable, which does not fail the gate.
+* ``min_probe_margin``: the low end of ``actions.probe.margin.pixels.ci95``, the paired 95 %
+  interval of the codes probe's held-out R² minus that of the probe from frame t alone: the
+  codes must say more about the action than the scene does. Not gated / not applicable as
+  ``min_probe_r2``.
 
 :func:`check_gate` lists the failed checks' messages (empty: passed); :func:`check_report_gate`
 is what labelling runs on a ``report.json`` file before it starts.
@@ -69,6 +73,7 @@ def gate_thresholds(cfg: LAQReportConfig) -> dict[str, float | None]:
         "min_sequence_perplexity": cfg.min_sequence_perplexity,
         "min_psnr_drop_db": cfg.min_psnr_drop_db,
         "min_probe_r2": cfg.min_probe_r2,
+        "min_probe_margin": cfg.min_probe_margin,
     }
 
 
@@ -179,6 +184,29 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
                 f"< {cfg.min_probe_r2}"
             )
         add("min_probe_r2", label, r2, cfg.min_probe_r2, msg)
+
+    margin = (probe.get("margin") or {}).get("pixels") or {}
+    lo, hi = (list(margin.get("ci95") or []) + [None, None])[:2]
+    lo, hi, point = finite(lo), finite(hi), finite(margin.get("margin"))
+    label = "held-out R² of codes minus frame t alone (95% low end)"
+    if cfg.min_probe_margin is not None and not probe.get("applicable", act.get("available")):
+        why = probe.get("note") or act.get("note") or "no ground-truth actions"
+        checks.append(
+            GateCheck("min_probe_margin", label, lo, cfg.min_probe_margin, NOT_APPLICABLE, str(why))
+        )
+    else:
+        if lo is None:
+            msg = (
+                "the codes do not beat frame t alone: the paired interval of the probe margin "
+                "was not measured (fewer than 2 held-out videos?)"
+            )
+        else:
+            msg = (
+                f"the codes do not beat frame t alone: held-out R² margin {point:+.3f}, 95% "
+                f"interval [{lo:+.3f}, {hi:+.3f}], low end < {cfg.min_probe_margin}; the codes "
+                "say little about the action that the scene does not"
+            )
+        add("min_probe_margin", label, lo, cfg.min_probe_margin, msg)
     return checks
 
 

@@ -144,6 +144,23 @@ def summary_rows(report: dict) -> list[dict[str, Any]]:
                     status,
                 )
             )
+        for base, label in (("pixels", "frame t alone"), ("pixel_diff", "pixel difference")):
+            m = (probe.get("margin") or {}).get(base) or {}
+            lo, hi = (list(m.get("ci95") or []) + [None, None])[:2]
+            interval = f" [{fmt(lo)}, {fmt(hi)}]" if lo is not None and hi is not None else ""
+            ref = status = ""
+            if base == "pixels":
+                ref = "95% interval above 0"
+                status = "pass" if finite(lo) is not None and lo > 0 else "warn"
+            rows.append(
+                _row(
+                    "actions",
+                    f"held-out R² margin, codes minus {label} (paired)",
+                    fmt(m.get("margin")) + interval,
+                    ref,
+                    status,
+                )
+            )
         rows.append(
             _row(
                 "actions",

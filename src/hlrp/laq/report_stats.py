@@ -15,7 +15,12 @@ import numpy as np
 
 from hlrp.common.config import LAQReportConfig
 from hlrp.common.metrics import psnr
-from hlrp.common.probes import linear_probe, nmi_with_chance, tercile_ids
+from hlrp.common.probes import (
+    group_bootstrap_margin,
+    linear_probe,
+    nmi_with_chance,
+    tercile_ids,
+)
 
 __all__ = [
     "action_stats",
@@ -249,16 +254,30 @@ def action_stats(
             folds=cfg.probe_folds,
             bootstrap=cfg.probe_bootstrap,
             seed=cfg.seed,
+            keep_predictions=True,
         )
         for name in PROBE_FEATURES
     }
+    margins = {}
+    for base in ("pixels", "pixel_diff"):  # paired: both probes on the same resampled videos
+        a, b = probes["codes"]["predictions"], probes[base]["predictions"]
+        if a is None or b is None:
+            margins[base] = {"margin": None, "ci95": [None, None]}
+            continue
+        varies = np.isfinite(probes["codes"]["r2_per_dim"]) & np.isfinite(
+            probes[base]["r2_per_dim"]
+        )
+        margins[base] = group_bootstrap_margin(
+            y, a, b, gte, varies, n_boot=cfg.probe_bootstrap, seed=cfg.seed
+        )
     out["probe"] = {
         "applicable": True,
         "method": (
             "StandardScaler + Ridge fitted on the training-video pairs (penalty picked by "
             "GroupKFold over training videos), R² per action dim on the held-out pairs; r2: "
             "mean over the dims that vary; r2_ci95: bootstrap 95% interval over held-out videos "
-            f"({cfg.probe_bootstrap} resamples)"
+            f"({cfg.probe_bootstrap} resamples); margin[base]: codes R² minus base R² on the "
+            "dims both score, with the paired bootstrap interval (the same resampled videos)"
         ),
         "features": {
             name: f"{text}: {probes[name]['features']} values"
@@ -267,6 +286,7 @@ def action_stats(
         "r2": {name: p["r2"] for name, p in probes.items()},
         "r2_ci95": {name: p["r2_ci95"] for name, p in probes.items()},
         "r2_per_dim": {name: p["r2_per_dim"] for name, p in probes.items()},
+        "margin": margins,
         "alpha": {name: p["alpha"] for name, p in probes.items()},
         "cv_r2": {name: p["cv_r2"] for name, p in probes.items()},
         "train_pairs": probes["codes"]["train_pairs"],

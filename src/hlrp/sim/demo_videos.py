@@ -6,7 +6,10 @@
 For every task in ``demo.tasks`` and every episode ``k < demo.episodes_per_task`` the scripted
 expert policy of Meta-World (``metaworld.policies.ENV_POLICY_MAP``) runs until it solves the
 task (then ``demo.steps_after_success`` more simulator steps) or until ``demo.max_steps``.
-A frame is rendered every ``demo.steps_per_frame`` simulator steps. Outputs under
+With ``demo.action_noise`` > 0 the expert's actions get Gaussian exploration noise
+(:class:`ActionNoise`: independent per step, or correlated over ``demo.action_noise_steps``
+steps, optionally not on the gripper); the recorded actions are the noisy ones the simulator
+executed. A frame is rendered every ``demo.steps_per_frame`` simulator steps. Outputs under
 ``output_dir``:
 
 ``videos/{episode_id}.mp4``
@@ -130,6 +133,8 @@ def validate(cfg: DemoConfig) -> None:
         raise ConfigError(f"demo.steps_after_success={cfg.steps_after_success} must be >= 0")
     if cfg.action_noise < 0:
         raise ConfigError(f"demo.action_noise={cfg.action_noise} must be >= 0")
+    if cfg.action_noise_steps < 0:
+        raise ConfigError(f"demo.action_noise_steps={cfg.action_noise_steps} must be >= 0")
     if not 0 <= cfg.crf <= 51:
         raise ConfigError(f"demo.crf={cfg.crf} must be in [0, 51]")
 
@@ -251,6 +256,7 @@ class _TaskRenderer:
         low, high = env.action_space.low, env.action_space.high
         env.set_task(self.mt1.train_tasks[k % len(self.mt1.train_tasks)])
         obs, _ = env.reset(seed=seed)
+        noise = ActionNoise(cfg, len(low), rng)
         frames, actions, success, states, frame_steps = [], [], [], [], []
         step, solved_at, flag = 0, None, False
         while step + spf <= self.max_steps and (
@@ -262,9 +268,7 @@ class _TaskRenderer:
             chunk = []
             for _ in range(spf):
                 action = np.asarray(self.policy.get_action(obs), dtype=np.float64)
-                if cfg.action_noise > 0:
-                    action = action + rng.normal(0.0, cfg.action_noise, size=action.shape)
-                action = np.clip(action, low, high)
+                action = np.clip(action + noise.step(), low, high)
                 obs, _reward, _terminated, _truncated, info = env.step(action)
                 step += 1
                 chunk.append(action)
@@ -281,6 +285,39 @@ class _TaskRenderer:
             frame_step=np.asarray(frame_steps, dtype=np.int64),
             solved_at_step=solved_at,
         )
+
+
+class ActionNoise:
+    """Exploration noise on the expert's actions: Gaussian, optionally correlated in time.
+
+    An AR(1) process per action dim, ``n_s = rho * n_{s-1} + sqrt(1 - rho^2) * std * e_s`` with
+    ``rho = exp(-1 / demo.action_noise_steps)`` (0 steps: independent draws) and stationary std
+    ``demo.action_noise``, so every step's noise has the same spread whatever its correlation.
+    Independent per-step noise averages out over the steps between two frames; correlated
+    noise moves the hand in a way the frames show and the scene does not predict. Without
+    ``demo.action_noise_gripper`` the last dim (Meta-World's grab effort) gets none.
+    """
+
+    def __init__(self, cfg: DemoConfig, dim: int, rng: np.random.Generator) -> None:
+        self.std, self.rng = float(cfg.action_noise), rng
+        self.rho = float(np.exp(-1.0 / cfg.action_noise_steps)) if cfg.action_noise_steps else 0.0
+        self.mask = np.ones(dim)
+        if not cfg.action_noise_gripper:
+            self.mask[-1] = 0.0
+        self.value = np.zeros(dim)
+        if self.std > 0 and self.rho:  # start from the stationary distribution
+            self.value = rng.normal(0.0, self.std, size=dim)
+
+    def step(self) -> np.ndarray:
+        """The noise of the next simulator step, shape (dim,)."""
+        if self.std <= 0:
+            return self.value
+        if self.rho:
+            fresh = self.rng.normal(0.0, self.std, size=self.value.shape)
+            self.value = self.rho * self.value + np.sqrt(1.0 - self.rho**2) * fresh
+            return self.value * self.mask
+        self.value = self.rng.normal(0.0, self.std, size=self.value.shape)
+        return self.value * self.mask
 
 
 def _check_not_black(frames: np.ndarray, task: str, episode_id: str) -> None:
