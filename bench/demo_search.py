@@ -4,15 +4,16 @@
     python bench/demo_search.py --root /tmp/s1 collect [--out bench/results/demo_search.json]
 
 ``run`` trains the LAQ (``experiment=demo_tiny`` plus the overrides) on the shards of a rendered
-corpus ``ROOT/CORPUS/shards/index.json`` (made by rendering with ``hlrp.sim.demo_videos`` and
-preprocessing, see ``render`` below) and writes its report, under ``ROOT/runs/NAME``; the
-overrides that start with ``data.`` are passed to the report too (the report must read the
-same pairs). It records the wall times of both. ``render CORPUS [demo.X=...]`` renders and
-preprocesses a corpus. ``baseline CORPUS [data.X=...]`` fits the report's model-free probes (frame t alone, pooled pixel
-difference) on a corpus, with no LAQ trained: what the corpus lets motion show beyond the scene,
-in seconds (written to ``ROOT/CORPUS/baseline.json``). ``collect`` gathers every run into one JSON: setting -> held-out probe R²
-(codes, z_pre, pixels, pixel_diff) with their 95 % intervals, PSNR gain over copying frame t,
-code-shuffle drop, perplexity, train minutes and seconds per step.
+corpus ``ROOT/CORPUS/shards/index.json`` (made by ``render`` below) and writes its report, under
+``ROOT/runs/NAME``; the overrides of the data (``data.`` or ``laq.data.``) are passed to the
+report too (it must read the same pairs). It records the wall times of both.
+``render CORPUS [demo.X=...]`` renders and preprocesses a corpus. ``baseline CORPUS [data.X=...]``
+fits the report's model-free probes (frame t alone, pooled pixel difference) on a corpus with no
+LAQ trained, in about a minute: how much of the action the motion shows beyond the scene
+(``ROOT/CORPUS/baseline-k{offsets}.json``). ``collect`` adds every run and baseline under ROOT
+to one JSON: setting -> held-out probe R² (codes, z_pre, pixels, pixel_diff) with their 95 %
+intervals, the codes' paired margin over frame t and over the pixel difference, PSNR gain over
+copying frame t, code-shuffle drop, perplexity, train minutes and seconds per step.
 
 Timings are wall times on the machine it runs on; on a shared machine they are contended.
 """
@@ -80,7 +81,7 @@ def run(root: Path, name: str, corpus: str, overrides: list[str]) -> None:
     out = root / "runs" / name
     out.mkdir(parents=True, exist_ok=True)
     shards = f"data.shards={root / corpus / 'shards' / 'index.json'}"
-    data = [o for o in overrides if o.startswith(("data.", "laq_report."))]
+    data = [o for o in overrides if o.startswith(("data.", "laq.data.", "laq_report."))]
     train_s = _run(
         [
             PY,
@@ -155,7 +156,8 @@ def baseline(root: Path, corpus: str, overrides: list[str]) -> dict:
         }
         print(f"{corpus} {name}: R2 {probe['r2']:+.3f} {probe['r2_ci95']}")
         print("   per dim", " ".join(f"{v:+.2f}" for v in probe["r2_per_dim"]))
-    (root / corpus / "baseline.json").write_text(json.dumps(out, indent=1))
+    k = "-".join(str(v) for v in dcfg.offsets)
+    (root / corpus / f"baseline-k{k}.json").write_text(json.dumps(out, indent=1))
     return out
 
 
@@ -197,10 +199,15 @@ def collect(root: Path, out: Path) -> None:
     for d in sorted((root / "runs").iterdir()):
         if (d / "report" / "report.json").is_file() and (d / "setting.json").is_file():
             rows[d.name] = summary(d)
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    baselines = old.get("baselines", {})
+    for f in sorted(root.glob("*/baseline-k*.json")):
+        baselines[f"{f.parent.name}/{f.stem.removeprefix('baseline-')}"] = json.loads(f.read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
+                "baselines": baselines,
                 "note": "demo_tiny stage-1 settings, held-out probe R2 (mean over varying action dims); "
                 "times are wall times on 2 CPU cores shared with another job (contended)",
                 "runs": rows,

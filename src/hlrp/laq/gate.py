@@ -195,7 +195,7 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
             GateCheck("min_probe_margin", label, lo, cfg.min_probe_margin, NOT_APPLICABLE, str(why))
         )
     else:
-        if lo is None:
+        if lo is None or hi is None or point is None:
             msg = (
                 "the codes do not beat frame t alone: the paired interval of the probe margin "
                 "was not measured (fewer than 2 held-out videos?)"
