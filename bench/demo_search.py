@@ -202,14 +202,19 @@ def collect(root: Path, out: Path) -> None:
     old = json.loads(out.read_text()) if out.is_file() else {}
     baselines = old.get("baselines", {})
     for f in sorted(root.glob("*/baseline-k*.json")):
-        baselines[f"{f.parent.name}/{f.stem.removeprefix('baseline-')}"] = json.loads(f.read_text())
+        row = json.loads(f.read_text())
+        corpus = f.parent / "corpus.json"
+        if corpus.is_file():  # how the corpus was rendered, and the times it took
+            row["corpus_render"] = json.loads(corpus.read_text())
+        baselines[f"{f.parent.name}/{f.stem.removeprefix('baseline-')}"] = row
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
                 "baselines": baselines,
                 "note": "demo_tiny stage-1 settings, held-out probe R2 (mean over varying action dims); "
-                "times are wall times on 2 CPU cores shared with another job (contended)",
+                "times are wall times on 2 CPU cores, contended where another job ran beside "
+                "(BENCHMARKS.md says which); baselines: model-free probes per corpus/offset",
                 "runs": rows,
             },
             indent=1,
