@@ -81,7 +81,8 @@ def run(root: Path, name: str, corpus: str, overrides: list[str]) -> None:
     out = root / "runs" / name
     out.mkdir(parents=True, exist_ok=True)
     shards = f"data.shards={root / corpus / 'shards' / 'index.json'}"
-    data = [o for o in overrides if o.startswith(("data.", "laq.data.", "laq_report."))]
+    report_keys = ("laq_report.", "laq.report.")
+    data = [o for o in overrides if o.startswith(("data.", "laq.data.", *report_keys))]
     train_s = _run(
         [
             PY,
@@ -90,7 +91,7 @@ def run(root: Path, name: str, corpus: str, overrides: list[str]) -> None:
             "experiment=demo_tiny",
             shards,
             f"output_dir={out}/laq",
-            *[o for o in overrides if not o.startswith("laq_report.")],
+            *[o for o in overrides if not o.startswith(report_keys)],
         ],
         out / "train.log",
     )
@@ -133,7 +134,9 @@ def baseline(root: Path, corpus: str, overrides: list[str]) -> dict:
         return _pixel_features(x)
 
     shards = root / corpus / "shards" / "index.json"
-    val, train, _heldout, _seen = gather_pairs(shards, dcfg, rcfg, encoder=encode)
+    val, train, heldout, _seen = gather_pairs(shards, dcfg, rcfg, encoder=encode)
+    if not heldout:
+        raise SystemExit(f"{shards}: no held-out video (data.val_split): nothing to score on")
     val.encoder = encode
     val.flush()
     out = {"corpus": corpus, "overrides": overrides}

@@ -260,9 +260,10 @@ def test_known_codes_predict_actions(known_report):
     assert report["gate"]["thresholds"]["min_probe_r2"] == 0.5
     # codes beat frame t alone on the same resampled held-out videos (paired interval)
     margin = probe["margin"]["pixels"]
-    assert margin["margin"] == pytest.approx(r2["codes"] - r2["pixels"])
-    assert 0.3 < margin["ci95"][0] <= margin["margin"] <= margin["ci95"][1]
-    assert probe["margin"]["pixel_diff"]["margin"] == pytest.approx(r2["codes"] - r2["pixel_diff"])
+    assert margin["margin"] == pytest.approx(r2["codes"] - max(r2["pixels"], 0.0))  # floored
+    assert 0.3 < margin["ci95"][0] <= margin["ci95"][1]
+    diff = probe["margin"]["pixel_diff"]["margin"]
+    assert diff == pytest.approx(r2["codes"] - max(r2["pixel_diff"], 0.0))
     assert checks["min_probe_margin"]["status"] == "pass"
     assert checks["min_probe_margin"]["value"] == margin["ci95"][0]
 

@@ -133,6 +133,21 @@ def test_group_bootstrap_margin_is_paired():
     r2b, r2w = r2_per_dim(y, better)[0], r2_per_dim(y, worse)[0]
     assert only0["margin"] == pytest.approx(r2b - r2w)
     assert group_bootstrap_margin(y, better, worse, np.zeros(480))["ci95"] == [None, None]
+    # a baseline worse than the mean counts as the mean with floor_b=0: a constant prediction
+    # (R² <= 0) cannot beat it by overfitting less
+    mean_pred = np.broadcast_to(y.mean(0), y.shape)
+    overfit = y + 3.0 * noise  # R² well below 0
+    assert np.mean(r2_per_dim(y, overfit)) < -1
+    raw = group_bootstrap_margin(y, mean_pred, overfit, g, n_boot=500)
+    floored = group_bootstrap_margin(y, mean_pred, overfit, g, n_boot=500, floor_b=0.0)
+    assert raw["ci95"][0] > 1 and floored["margin"] == pytest.approx(0.0, abs=1e-12)
+    assert floored["ci95"][1] <= 1e-12
+    assert group_bootstrap_margin(y, better, worse, g, n_boot=2000, floor_b=0.0) == out
+    nan_dim = worse.copy()
+    nan_dim[:, 1] = np.nan  # a dim a probe did not fit is left out
+    part = group_bootstrap_margin(y, better, nan_dim, g)
+    r2b, r2w = r2_per_dim(y, better), r2_per_dim(y, worse)
+    assert part["margin"] == pytest.approx(np.mean(r2b[[0, 2]]) - np.mean(r2w[[0, 2]]))
     flat = np.ones((5, 1))  # no dim varies: no margin
     assert math.isnan(group_bootstrap_margin(flat, flat, 0 * flat, np.arange(5))["margin"])
 

@@ -201,6 +201,18 @@ def test_action_noise_correlation_and_spread():
     assert not none.step().any()
 
 
+def test_independent_noise_draws_as_before():
+    """action_noise_steps=0 consumes the generator exactly as the renderer always did (one
+    normal(0, std, 4) per step, nothing at construction): corpora rendered before correlated
+    noise existed stay byte-identical."""
+    cfg = DemoConfig(action_noise=0.5)
+    mine, ref = np.random.default_rng(7), np.random.default_rng(7)
+    noise = demo_videos.ActionNoise(cfg, 4, mine)
+    for _ in range(50):
+        assert np.array_equal(noise.step(), ref.normal(0.0, 0.5, size=4))
+    assert mine.bit_generator.state == ref.bit_generator.state
+
+
 def test_black_frames_are_an_error():
     with pytest.raises(RuntimeError, match="door-open-v3.*door-open-v3_ep003"):
         demo_videos._check_not_black(

@@ -233,7 +233,7 @@ class DemoConfig:
     action_noise: float = 0.0  # std of Gaussian noise added to the expert's actions (0: none)
     # Correlation time of that noise in simulator steps: an AR(1) process with coefficient
     # exp(-1 / action_noise_steps) per step and stationary std action_noise (0: independent
-    # noise at every step, which a pair of frames averages away).
+    # noise at every step, which largely averages out over the steps of a frame pair).
     action_noise_steps: float = 0.0
     action_noise_gripper: bool = True  # False: noise on the hand's motion only, not the gripper
     crf: int = 18  # libx264 constant rate factor of the rendered videos (lower: better quality)
@@ -260,7 +260,8 @@ class LAQReportConfig:
     min_psnr_drop_db: float = 0.05  # decoding another pair's codes must cost at least this PSNR
     min_probe_r2: float | None = None  # held-out R² of the codes probe (None: not gated)
     # the codes must beat frame t alone: the low end of the paired 95 % interval of (codes R²
-    # minus frame-t R²) on held-out videos must reach this (None: not gated)
+    # minus frame-t R², the latter floored at 0) on held-out videos must reach this (None: not
+    # gated)
     min_probe_margin: float | None = None
 
 

@@ -196,24 +196,33 @@ def group_bootstrap_margin(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    floor_b: float | None = None,
 ) -> dict[str, Any]:
     """Mean R² of ``pred_a`` minus that of ``pred_b`` on the same rows, with a paired interval.
 
     Both are scored on every group-bootstrap replicate of :func:`group_bootstrap_r2`, and the
-    interval is that of the per-replicate difference. Returns ``margin`` (on all rows; NaN when
-    no dim in ``dims`` varies) and ``ci95`` ([None, None] with fewer than 2 groups).
+    interval is that of the per-replicate difference. With ``floor_b``, ``pred_b``'s mean R² is
+    raised to at least ``floor_b`` (0: a baseline worse than predicting the mean counts as the
+    mean, so ``pred_a`` cannot beat it by overfitting less). Dims where either prediction is
+    not finite are left out, as are dims that do not vary. Returns ``margin`` (on all rows;
+    NaN when no dim is left) and ``ci95`` ([None, None] with fewer than 2 groups or no dim).
     """
     y = _as_2d(y)
+    pa, pb = _as_2d(pred_a), _as_2d(pred_b)
     dims = np.ones(y.shape[1], dtype=bool) if dims is None else np.asarray(dims, dtype=bool)
-    ok = dims & _varies(y)
-    margin = float("nan")
-    if ok.any() and len(y) >= 2:
-        ra = r2_per_dim(y[:, ok], _as_2d(pred_a)[:, ok])
-        rb = r2_per_dim(y[:, ok], _as_2d(pred_b)[:, ok])
-        margin = float(np.mean(ra) - np.mean(rb))
-    means = _bootstrap_means(y, [pred_a, pred_b], groups, ok, n_boot, seed) if ok.any() else None
-    ci = [None, None] if means is None else list(_interval(means[:, 0] - means[:, 1], level))
-    return {"margin": margin, "ci95": ci}
+    ok = dims & _varies(y) & np.isfinite(pa).all(0) & np.isfinite(pb).all(0)
+    if not ok.any() or len(y) < 2:
+        return {"margin": float("nan"), "ci95": [None, None]}
+    low = -np.inf if floor_b is None else floor_b
+    ra = np.mean(r2_per_dim(y[:, ok], pa[:, ok]))
+    rb = max(np.mean(r2_per_dim(y[:, ok], pb[:, ok])), low)
+    means = _bootstrap_means(y, [pa, pb], groups, ok, n_boot, seed)
+    ci = (
+        [None, None]
+        if means is None
+        else list(_interval(means[:, 0] - np.maximum(means[:, 1], low), level))
+    )
+    return {"margin": float(ra - rb), "ci95": ci}
 
 
 def linear_probe(

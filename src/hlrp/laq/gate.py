@@ -14,7 +14,8 @@ a value must reach its threshold:
   codes to the ground-truth actions. Threshold None: not gated. Without actions (or without
   held-out videos to score on): not applicable, which does not fail the gate.
 * ``min_probe_margin``: the low end of ``actions.probe.margin.pixels.ci95``, the paired 95 %
-  interval of the codes probe's held-out R² minus that of the probe from frame t alone: the
+  interval of the codes probe's held-out R² minus that of the probe from frame t alone
+  (floored at 0, so collapsed codes cannot pass by beating an overfitted frame probe): the
   codes must say more about the action than the scene does. Not gated / not applicable as
   ``min_probe_r2``.
 
@@ -198,7 +199,7 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
         if lo is None or hi is None or point is None:
             msg = (
                 "the codes do not beat frame t alone: the paired interval of the probe margin "
-                "was not measured (fewer than 2 held-out videos?)"
+                "was not measured (no action dim scored by both probes?)"
             )
         else:
             msg = (

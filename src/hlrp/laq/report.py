@@ -44,8 +44,8 @@ Contents of ``report.json`` (and of the dict :func:`build_report` returns):
   t average-pooled to 8x8x3 (a motion baseline without any learning). ``r2[name]`` is the mean
   held-out R² over the action dims that vary, ``r2_ci95[name]`` its bootstrap 95 % interval over
   held-out videos, ``r2_per_dim[name]`` per dim. ``margin[base]`` (base ``pixels`` or
-  ``pixel_diff``): codes R² minus the base's, with a paired bootstrap interval (both scored on
-  the same resampled held-out videos). ``nmi``: normalised mutual information on the
+  ``pixel_diff``): codes R² minus the base's (floored at 0), with a paired bootstrap interval
+  (both scored on the same resampled held-out videos). ``nmi``: normalised mutual information on the
   held-out pairs between the code sequence and the actions cut into terciles per varying dim
   (``nmi``: all dims' bins combined; ``nmi_per_dim_mean``), with ``*_chance`` the same with the
   code labels permuted (compare with it, not with 0).

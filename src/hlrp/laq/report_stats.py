@@ -268,7 +268,7 @@ def action_stats(
             probes[base]["r2_per_dim"]
         )
         margins[base] = group_bootstrap_margin(
-            y, a, b, gte, varies, n_boot=cfg.probe_bootstrap, seed=cfg.seed
+            y, a, b, gte, varies, n_boot=cfg.probe_bootstrap, seed=cfg.seed, floor_b=0.0
         )
     out["probe"] = {
         "applicable": True,
@@ -276,8 +276,9 @@ def action_stats(
             "StandardScaler + Ridge fitted on the training-video pairs (penalty picked by "
             "GroupKFold over training videos), R² per action dim on the held-out pairs; r2: "
             "mean over the dims that vary; r2_ci95: bootstrap 95% interval over held-out videos "
-            f"({cfg.probe_bootstrap} resamples); margin[base]: codes R² minus base R² on the "
-            "dims both score, with the paired bootstrap interval (the same resampled videos)"
+            f"({cfg.probe_bootstrap} resamples); margin[base]: codes R² minus base R² (floored "
+            "at 0: a base worse than the mean counts as the mean) on the dims both score, with "
+            "the paired bootstrap interval (the same resampled videos)"
         ),
         "features": {
             name: f"{text}: {probes[name]['features']} values"

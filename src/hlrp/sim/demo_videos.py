@@ -268,7 +268,9 @@ class _TaskRenderer:
             chunk = []
             for _ in range(spf):
                 action = np.asarray(self.policy.get_action(obs), dtype=np.float64)
-                action = np.clip(action + noise.step(), low, high)
+                if noise.std > 0:
+                    action = action + noise.step()
+                action = np.clip(action, low, high)
                 obs, _reward, _terminated, _truncated, info = env.step(action)
                 step += 1
                 chunk.append(action)
