@@ -166,48 +166,47 @@ def gate_checks(report: dict, cfg: LAQReportConfig) -> list[GateCheck]:
     )
 
     probe = act.get("probe") or {}
-    r2 = finite((probe.get("r2") or {}).get("codes"))
-    label = "held-out R² of the codes -> actions probe"
-    if cfg.min_probe_r2 is not None and not probe.get("applicable", act.get("available")):
-        why = probe.get("note") or act.get("note") or "no ground-truth actions"
-        checks.append(
-            GateCheck("min_probe_r2", label, r2, cfg.min_probe_r2, NOT_APPLICABLE, str(why))
-        )
-    else:
-        if r2 is None:
-            msg = "the codes do not predict the actions: the probe R² was not measured"
+    probes_ran = probe.get("applicable", act.get("available"))
+    why_not = str(probe.get("note") or act.get("note") or "no ground-truth actions")
+
+    def add_probe(key: str, label: str, value: float | None, threshold: float | None, msg: str):
+        """A probe check: not applicable (which does not fail) where the probes did not run."""
+        if threshold is not None and not probes_ran:
+            checks.append(GateCheck(key, label, value, threshold, NOT_APPLICABLE, why_not))
         else:
-            ci = probe.get("r2_ci95", {}).get("codes") or [None, None]
-            lo, hi = finite(ci[0]), finite(ci[1])
-            interval = f", 95% interval [{lo:.3f}, {hi:.3f}]" if None not in (lo, hi) else ""
-            msg = (
-                f"the codes do not predict the actions: held-out probe R² {r2:.3f}{interval} "
-                f"< {cfg.min_probe_r2}"
-            )
-        add("min_probe_r2", label, r2, cfg.min_probe_r2, msg)
+            add(key, label, value, threshold, msg)
+
+    r2 = finite((probe.get("r2") or {}).get("codes"))
+    if r2 is None:
+        msg = "the codes do not predict the actions: the probe R² was not measured"
+    else:
+        ci = probe.get("r2_ci95", {}).get("codes") or [None, None]
+        lo, hi = finite(ci[0]), finite(ci[1])
+        interval = f", 95% interval [{lo:.3f}, {hi:.3f}]" if None not in (lo, hi) else ""
+        msg = (
+            f"the codes do not predict the actions: held-out probe R² {r2:.3f}{interval} "
+            f"< {cfg.min_probe_r2}"
+        )
+    add_probe(
+        "min_probe_r2", "held-out R² of the codes -> actions probe", r2, cfg.min_probe_r2, msg
+    )
 
     margin = (probe.get("margin") or {}).get("pixels") or {}
     lo, hi = (list(margin.get("ci95") or []) + [None, None])[:2]
     lo, hi, point = finite(lo), finite(hi), finite(margin.get("margin"))
-    label = "held-out R² of codes minus frame t alone (95% low end)"
-    if cfg.min_probe_margin is not None and not probe.get("applicable", act.get("available")):
-        why = probe.get("note") or act.get("note") or "no ground-truth actions"
-        checks.append(
-            GateCheck("min_probe_margin", label, lo, cfg.min_probe_margin, NOT_APPLICABLE, str(why))
+    if lo is None or hi is None or point is None:
+        msg = (
+            "the codes do not beat frame t alone: the paired interval of the probe margin "
+            "was not measured (no action dim scored by both probes?)"
         )
     else:
-        if lo is None or hi is None or point is None:
-            msg = (
-                "the codes do not beat frame t alone: the paired interval of the probe margin "
-                "was not measured (no action dim scored by both probes?)"
-            )
-        else:
-            msg = (
-                f"the codes do not beat frame t alone: held-out R² margin {point:+.3f}, 95% "
-                f"interval [{lo:+.3f}, {hi:+.3f}], low end < {cfg.min_probe_margin}; the codes "
-                "say little about the action that the scene does not"
-            )
-        add("min_probe_margin", label, lo, cfg.min_probe_margin, msg)
+        msg = (
+            f"the codes do not beat frame t alone: held-out R² margin {point:+.3f}, 95% "
+            f"interval [{lo:+.3f}, {hi:+.3f}], low end < {cfg.min_probe_margin}; the codes "
+            "say little about the action that the scene does not"
+        )
+    label = "held-out R² of codes minus frame t alone (95% low end)"
+    add_probe("min_probe_margin", label, lo, cfg.min_probe_margin, msg)
     return checks
 
 

@@ -264,11 +264,9 @@ def action_stats(
         if a is None or b is None:
             margins[base] = {"margin": None, "ci95": [None, None]}
             continue
-        varies = np.isfinite(probes["codes"]["r2_per_dim"]) & np.isfinite(
-            probes[base]["r2_per_dim"]
-        )
+        # the dims both score: group_bootstrap_margin leaves out unfitted (NaN) and constant ones
         margins[base] = group_bootstrap_margin(
-            y, a, b, gte, varies, n_boot=cfg.probe_bootstrap, seed=cfg.seed, floor_b=0.0
+            y, a, b, gte, n_boot=cfg.probe_bootstrap, seed=cfg.seed, floor_b=0.0
         )
     out["probe"] = {
         "applicable": True,
