@@ -201,6 +201,19 @@ def test_killed_training_resumes_exactly(strategy, labels, tmp_path):
         assert proc.returncode == 0 and (out / "previous" / "run-001" / "model").is_dir()
 
 
+def test_fsdp_on_one_process_exports_plain_weights(labels, tmp_path):
+    """FSDP2 on one device (a one-GPU run of the cluster's config): the parameters are
+    DTensors, so the export must gather them like a multi-process run does."""
+    out = tmp_path / "fsdp1"
+    proc = run_cli(
+        labels, out, "cluster.devices=1", "cluster.strategy=fsdp", "cluster.accelerator=cpu"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sd = weights(out)
+    assert sd and all(type(v) is torch.Tensor for v in sd.values())
+    assert (out / "checkpoints" / "last" / "meta.pt").is_file()
+
+
 def test_ddp_with_two_cpu_processes(labels, tmp_path):
     out = tmp_path / "ddp"
     proc = run_cli(

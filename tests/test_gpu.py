@@ -63,7 +63,6 @@ def test_bf16_training_on_gpu(shards, tmp_path):
     assert torch.isfinite(torch.tensor(metrics["val/mse"]))
     rows = (out / "logs" / "metrics.csv").read_text().splitlines()
     assert len(rows) > 2
-    return out
 
 
 def test_labelling_and_report_on_gpu(shards, tmp_path):

@@ -145,6 +145,24 @@ def test_saved_policy_predicts_the_same(head, episodes, backbone, tmp_path):
     assert json.loads((tmp_path / "p" / "hlrp_policy.json").read_text())["head"] == head
 
 
+@pytest.mark.parametrize("head", ["l1_chunk", "flow"])
+def test_policy_cast_to_bf16_predicts_like_float32(head, episodes, backbone):
+    """A policy cast with ``.to(torch.bfloat16)`` to serve it (the state and the heads' noise
+    are float32) predicts what the float32 policy predicts, to bf16 precision."""
+    policy, _ = make_policy(episodes, backbone, head)
+    policy.eval()
+    ep = episodes.load(episodes.episodes[0])
+    images, texts = [np.asarray(ep.frames[0])], [ep.instruction]
+    state = np.asarray(ep.state[:1])
+    full = policy.predict(images, texts, state, generator=torch.Generator().manual_seed(0))
+    half = policy.to(torch.bfloat16).predict(
+        images, texts, state, generator=torch.Generator().manual_seed(0)
+    )
+    assert half.dtype == full.dtype and half.shape == full.shape
+    scale = np.abs(full).max() + 1e-3
+    assert np.abs(half - full).max() < 0.1 * scale, (full, half)
+
+
 def test_chunks_execute_in_order_and_ensembles_average():
     ex = ChunkExecutor(chunk=4, execute=3)
     chunk = np.arange(8, dtype=np.float32).reshape(4, 2)

@@ -225,9 +225,11 @@ def load_training_state(fabric, path: str, model, opt, sched) -> tuple[int, tupl
 def export_model(fabric, vla: LatentActionVLA, model, folder: Path, step: int) -> None:
     """The trained model as ``save_pretrained`` files (LoRA merged), atomically (rank 0)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.tensor import DTensor
 
     sd = None
-    if fabric.world_size > 1:
+    # FSDP2 holds DTensors even on one device: gather them to plain tensors like DDP's ranks
+    if fabric.world_size > 1 or any(isinstance(p, DTensor) for p in vla.parameters()):
         sd = get_model_state_dict(_wrapped(model), options=_state_dict_options(True))
     if fabric.global_rank == 0:
         vla.meta.global_step = int(step)

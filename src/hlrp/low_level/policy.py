@@ -464,7 +464,15 @@ class VLAPolicy(nn.Module):
         generator: torch.Generator | None = None,
     ) -> np.ndarray:
         """Actions (B, H, D) in the robot's units for frames (uint8) and instructions."""
-        device = next(self.parameters()).device
+        param = next(self.parameters())
+        if param.dtype in (torch.bfloat16, torch.float16):  # a policy cast for serving:
+            # autocast gives each layer its weights' dtype (the state and the heads' noise are
+            # float32); the outputs stay float32
+            with torch.autocast(param.device.type, dtype=param.dtype):
+                return self._predict(images, instructions, state, generator, param.device)
+        return self._predict(images, instructions, state, generator, param.device)
+
+    def _predict(self, images, instructions, state, generator, device) -> np.ndarray:
         batch = self.prompt_inputs(images, instructions)
         batch = {k: v.to(device) for k, v in batch.items()}
         H, D = self.meta.chunk, self.meta.action_dim
