@@ -214,3 +214,40 @@ def test_state_dict_round_trip(model):
 
 def test_maybe_compile_off_returns_same_module(model):
     assert maybe_compile(model, tiny(compile=False)) is model
+
+
+def test_residual_decoder_starts_at_copy_of_frame_t():
+    torch.manual_seed(0)
+    m = LAQ(tiny(decode_residual=True)).eval()
+    frames = moving_square_pairs(3)
+    with torch.no_grad():
+        out = m(frames)
+        indices, _ = m.encode_actions(frames)
+        recon = m.decode_with_indices(frames[:, 0], indices)
+    # zero-initialised head: the untrained model predicts "nothing moved"
+    torch.testing.assert_close(out.recon, frames[:, 0])
+    torch.testing.assert_close(recon, out.recon)
+    # the first step trains the head; once it moved, gradients reach the encoder
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        m.train()(frames).loss.backward()
+        assert m.to_pixels.weight.grad.abs().sum() > 0
+        opt.step()
+    for name in ["action.proj_in.weight", "spatial.0.attn.qkv.weight"]:
+        grad = m.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_residual_decoder_overfits_one_pair():
+    torch.manual_seed(0)
+    m = LAQ(tiny(decode_residual=True)).train()
+    frames = moving_square_pairs(1, seed=3)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    first = m(frames).loss.item()
+    for _ in range(150):
+        loss = m(frames).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 * max(first, 1e-3) or loss.item() < 1e-4, (first, loss.item())

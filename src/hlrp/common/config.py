@@ -134,6 +134,9 @@ class LAQModelConfig:
     )  # FSQ levels (product = codebook size)
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
+    # the decoder predicts the change frame t+k - frame t (recon = frame t + output), not the
+    # whole frame: its capacity goes to what moved, and the codes carry it (LAPA: False)
+    decode_residual: bool = False
     compile: bool = field(default=False, metadata=NOT_RESULT)  # torch.compile the model
 
 
