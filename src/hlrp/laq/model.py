@@ -358,7 +358,7 @@ class LAQ(nn.Module):
         x = self.decoder_norm(x.squeeze(1))  # (B, N, D)
         out = self.unpatchify(self.to_pixels(x))  # (B, C, H, W)
         if self.cfg.decode_residual:  # the decoder predicts the change from frame t
-            out = first_frame.to(out.dtype) + out
+            out = out + first_frame  # under bf16 autocast: promoted to frame t's float32
         return out  # (B, C, H, W)
 
     def forward(self, frames: Tensor) -> LAQOutput:
