@@ -149,22 +149,19 @@ def latency(args, policy, ds, device, head: str) -> dict:
 
 
 def closed_loop(args, policy, device) -> dict | None:
-    try:
+    try:  # the simulator (metaworld, mujoco) is optional: pip install .[sim]
         from hlrp.common.config import load
         from hlrp.low_level.evaluate import ChunkExecutor, rollout
         from hlrp.sim.rollout import SimTask
+
+        demo = load(["experiment=ft_demo"]).demo
+        sim = SimTask("button-press-topdown-v3", demo, seed=1000)  # imports metaworld
     except ImportError as e:
         print(f"closed loop skipped: {e}", flush=True)
         return None
-    demo = load(["experiment=ft_demo"]).demo
     policy.to(device).eval()
     if args.bf16:
         policy.to(torch.bfloat16)
-    try:
-        sim = SimTask("button-press-topdown-v3", demo, seed=1000)
-    except ImportError as e:  # the simulator (metaworld, mujoco) is optional: pip install .[sim]
-        print(f"closed loop skipped: {e}", flush=True)
-        return None
     try:
         t0, steps = time.perf_counter(), 0
         for k in range(args.episodes):  # the simulator and renderer alone

@@ -465,12 +465,12 @@ class VLAPolicy(nn.Module):
     ) -> np.ndarray:
         """Actions (B, H, D) in the robot's units for frames (uint8) and instructions."""
         param = next(self.parameters())
-        if param.dtype in (torch.bfloat16, torch.float16):  # a policy cast for serving:
-            # autocast gives each layer its weights' dtype (the state and the heads' noise are
-            # float32); the outputs stay float32
-            with torch.autocast(param.device.type, dtype=param.dtype):
-                return self._predict(images, instructions, state, generator, param.device)
-        return self._predict(images, instructions, state, generator, param.device)
+        device = param.device
+        # a policy cast to bf16/fp16 for serving: autocast gives each layer its weights' dtype
+        # (the state and the heads' noise are float32); the outputs stay float32
+        half = param.dtype if param.dtype in (torch.bfloat16, torch.float16) else None
+        with torch.autocast(device.type, dtype=half, enabled=half is not None):
+            return self._predict(images, instructions, state, generator, device)
 
     def _predict(self, images, instructions, state, generator, device) -> np.ndarray:
         batch = self.prompt_inputs(images, instructions)
